@@ -1,0 +1,91 @@
+"""`dispatchloop ...`: the operator's entry point (Typer).
+
+`main()` builds the one Settings object and turns configuration problems into
+exit code 2 with one sentence; each command receives the settings through the
+Typer context. Long work shows a progress bar on a terminal; `--json` prints
+machine-readable results on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dispatchloop.settings import ConfigError, Settings, load_settings, masked_dump
+
+EXIT_FAILURE = 1
+EXIT_BAD_CONFIG = 2
+
+app = typer.Typer(
+    name="dispatchloop",
+    help="Closes the learning loop of a reinforcement-learning dispatcher.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML config file (env DISPATCHLOOP_CONFIG)."),
+    ] = None,
+) -> None:
+    ctx.obj = load_settings(config)
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    settings = ctx.find_root().obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def fail_config(message: str) -> typer.Exit:
+    """Report a configuration problem in one sentence; the caller raises the result."""
+    typer.echo(f"dispatchloop: configuration error: {message}", err=True)
+    return typer.Exit(EXIT_BAD_CONFIG)
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the effective configuration with secrets masked."""
+    data = masked_dump(settings_of(ctx))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for line in _flatten(data):
+        typer.echo(line)
+
+
+def _flatten(data: dict[str, object], prefix: str = "") -> list[str]:
+    lines: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            lines.append(f"{prefix}{key} = {json.dumps(value)}")
+    return lines
+
+
+def main() -> None:
+    """Console entry point. Usage errors exit 2 (click); so does a bad configuration."""
+    try:
+        app()
+    except ConfigError as exc:
+        typer.echo(f"dispatchloop: configuration error: {exc}", err=True)
+        sys.exit(EXIT_BAD_CONFIG)
+
+
+if __name__ == "__main__":
+    main()

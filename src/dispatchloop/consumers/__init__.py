@@ -1,0 +1,1 @@
+"""Kafka consumption: the ingest loop, dead letters, offsets."""

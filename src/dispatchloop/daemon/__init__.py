@@ -1,0 +1,1 @@
+"""Orchestration: scheduler, triggers, lifecycle, health and metrics HTTP."""

@@ -1,0 +1,1 @@
+"""Paired simulator A/B, off-policy estimates, live shadow, promotion gates."""

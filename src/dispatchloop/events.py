@@ -1,0 +1,219 @@
+"""The wire events (DESIGN.md, "Wire contract"), as pydantic v2 models.
+
+`parse_outcome` is the one way raw Kafka bytes become a `DispatchOutcomeEvent`:
+it validates straight from bytes (faster than json.loads + validate) and maps
+every failure to a short machine-readable reason for the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, NamedTuple
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+SCHEMA_VERSION = 1
+MAX_CANDIDATES = 64
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Identifier = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Wire(BaseModel):
+    # Unknown extra fields are kept in the raw bytes the store saves, and ignored here.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class LatLon(_Wire):
+    lat: FiniteFloat = Field(ge=-90.0, le=90.0)
+    lon: FiniteFloat = Field(ge=-180.0, le=180.0)
+
+    @model_validator(mode="after")
+    def _not_null_island(self) -> LatLon:
+        if self.lat == 0.0 and self.lon == 0.0:
+            raise PydanticCustomError(
+                "implausible_coordinates", "coordinates (0, 0) are a missing position"
+            )
+        return self
+
+
+class Booking(_Wire):
+    booking_id: Identifier
+    pickup: LatLon
+    dropoff: LatLon
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    priority: int = Field(ge=1, le=3, description="1 routine … 3 urgent.")
+
+    @model_validator(mode="after")
+    def _window_ordered(self) -> Booking:
+        if self.window_end < self.window_start:
+            raise PydanticCustomError("invalid_window", "window_end is before window_start")
+        return self
+
+
+class Candidate(_Wire):
+    driver_id: Identifier
+    lat: FiniteFloat = Field(ge=-90.0, le=90.0)
+    lon: FiniteFloat = Field(ge=-180.0, le=180.0)
+    available_in_min: FiniteFloat = Field(ge=0.0, le=24 * 60)
+    queue_len: int = Field(ge=0, le=1_000)
+    eligible: bool = True
+
+
+class Action(_Wire):
+    driver_id: Identifier
+    policy: str = Field(min_length=1, max_length=64)
+    model_version: str | None = Field(None, max_length=64)
+    propensity: FiniteFloat | None = Field(None, gt=0.0, le=1.0)
+
+
+OutcomeStatus = Literal["completed", "late", "cancelled"]
+
+
+class Outcome(_Wire):
+    status: OutcomeStatus
+    pickup_delay_min: FiniteFloat = Field(ge=-24 * 60, le=24 * 60)
+    empty_km: FiniteFloat = Field(ge=0.0, le=10_000)
+    total_km: FiniteFloat = Field(ge=0.0, le=10_000)
+
+
+class DispatchOutcomeEvent(_Wire):
+    """One dispatch decision and what came of it (schema_version 1)."""
+
+    schema_version: Literal[1]
+    event_id: UUID
+    company_id: Identifier
+    episode_id: Identifier
+    step: int = Field(ge=0, le=10_000_000)
+    decided_at: AwareDatetime
+    occurred_at: AwareDatetime
+    booking: Booking
+    candidates: list[Candidate] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    action: Action
+    outcome: Outcome
+    reward: FiniteFloat | None = None
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_drivers(cls, candidates: list[Candidate]) -> list[Candidate]:
+        seen: set[str] = set()
+        for candidate in candidates:
+            if candidate.driver_id in seen:
+                raise PydanticCustomError(
+                    "duplicate_candidate", "driver {driver_id} is listed twice",
+                    {"driver_id": candidate.driver_id},
+                )
+            seen.add(candidate.driver_id)
+        return candidates
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DispatchOutcomeEvent:
+        if self.action_index < 0:
+            raise PydanticCustomError(
+                "action_not_a_candidate", "action.driver_id {driver_id} is not among candidates",
+                {"driver_id": self.action.driver_id},
+            )
+        if self.occurred_at < self.decided_at:
+            raise PydanticCustomError("occurred_before_decided", "occurred_at is before decided_at")
+        return self
+
+    @property
+    def action_index(self) -> int:
+        """Position of the chosen driver in `candidates`, -1 if absent."""
+        for index, candidate in enumerate(self.candidates):
+            if candidate.driver_id == self.action.driver_id:
+                return index
+        return -1
+
+
+class ModelPromotedEvent(_Wire):
+    """Published on `dispatch.models` (key: the alias) when an alias moves."""
+
+    event_type: Literal["model.promoted", "model.rolled_back"]
+    alias: Literal["champion", "challenger"]
+    model_version: Identifier
+    previous_version: str | None
+    artifact_uri: str
+    onnx_uri: str | None
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    traffic_share: FiniteFloat = Field(ge=0.0, le=1.0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    promoted_at: AwareDatetime
+
+
+class Rejection(NamedTuple):
+    """Why a record is a dead letter: `reason` is a short code, `detail` a sentence."""
+
+    reason: str
+    detail: str
+
+
+# Reason codes of the dead-letter topic's `dlq.reason` header.
+REASON_TOO_LARGE = "too_large"
+REASON_NOT_UTF8 = "not_utf8"
+REASON_INVALID_JSON = "invalid_json"
+REASON_UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+REASON_INVALID_FIELD = "invalid_field"
+REASON_NO_VALUE = "no_value"
+
+_CUSTOM_REASONS = frozenset(
+    {
+        "implausible_coordinates",
+        "invalid_window",
+        "duplicate_candidate",
+        "action_not_a_candidate",
+        "occurred_before_decided",
+    }
+)
+
+
+def parse_outcome(raw: bytes | None, max_bytes: int) -> DispatchOutcomeEvent | Rejection:
+    """Validate one record's value; never raises for bad input."""
+    if raw is None:
+        return Rejection(REASON_NO_VALUE, "record has no value (tombstone)")
+    if len(raw) > max_bytes:
+        return Rejection(REASON_TOO_LARGE, f"{len(raw)} bytes exceed the limit of {max_bytes}")
+    try:
+        return DispatchOutcomeEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        return _rejection_from(exc, raw)
+
+
+def _rejection_from(exc: ValidationError, raw: bytes) -> Rejection:
+    error = exc.errors(include_url=False)[0]
+    kind, location = error["type"], ".".join(str(p) for p in error["loc"])
+    detail = f"{location}: {error['msg']}" if location else error["msg"]
+    if kind == "json_invalid":
+        if not _is_utf8(raw):
+            return Rejection(REASON_NOT_UTF8, "value is not UTF-8")
+        return Rejection(REASON_INVALID_JSON, detail)
+    if kind in ("model_type", "model_attributes_type") and not location:
+        return Rejection(REASON_INVALID_JSON, "value is not a JSON object")
+    if error["loc"][:1] == ("schema_version",):
+        return Rejection(REASON_UNKNOWN_SCHEMA_VERSION, f"schema_version {_input_text(error)}")
+    if kind in _CUSTOM_REASONS:
+        return Rejection(kind, detail)
+    return Rejection(REASON_INVALID_FIELD, detail)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _input_text(error: Any) -> str:
+    value = error.get("input")
+    return "is missing" if error["type"] == "missing" else f"{value!r} is not supported"

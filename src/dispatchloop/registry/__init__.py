@@ -1,0 +1,1 @@
+"""Model versions, aliases, atomic promotion, rollback, publication."""

@@ -1,0 +1,1 @@
+"""The replay store: every valid dispatch outcome event, once, durably."""

@@ -1,0 +1,102 @@
+"""The replay store contract. Every backend implements `ReplayStore`; one contract
+test suite (tests/integration/test_replay_store_contract.py) runs against each.
+
+Contract:
+- `write_batch` is atomic and durable: when it returns, every event in the batch
+  is on disk (committed), or, if it raises, none of the batch is. Only then may
+  the caller commit Kafka offsets.
+- Writes are idempotent on `event_id`: an event whose id is already stored (or
+  appears twice in the batch) is counted as a duplicate and not stored again;
+  the first stored copy wins.
+- The raw bytes of each event are kept unchanged (unknown fields included).
+- Reads return validated `DispatchOutcomeEvent`s; windows are half-open
+  [start, end) on `decided_at`, and both bounds are optional.
+- Methods may be called from one thread at a time per instance.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from dispatchloop.events import DispatchOutcomeEvent
+
+
+class IncomingEvent(NamedTuple):
+    """A validated event with the exact bytes it arrived as."""
+
+    event: DispatchOutcomeEvent
+    raw: bytes
+
+
+class WriteResult(NamedTuple):
+    inserted: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Half-open [start, end) on decided_at; None means unbounded."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    events: int
+    episodes: int
+    first_decided_at: datetime | None
+    last_decided_at: datetime | None
+    size_bytes: int | None
+
+
+class StoreUnavailableError(Exception):
+    """The store cannot be reached or written (network, disk, permissions)."""
+
+
+class ReplayStore(abc.ABC):
+    """Durable, idempotent storage of dispatch outcome events."""
+
+    @abc.abstractmethod
+    def write_batch(self, batch: Sequence[IncomingEvent]) -> WriteResult:
+        """Store the batch atomically and durably; duplicates by event_id are skipped."""
+
+    @abc.abstractmethod
+    def stats(self) -> StoreStats:
+        """Counts and time range of everything stored."""
+
+    @abc.abstractmethod
+    def count_events(self, window: TimeWindow = TimeWindow()) -> int:
+        """Number of events decided within the window."""
+
+    @abc.abstractmethod
+    def iter_events(
+        self, window: TimeWindow = TimeWindow(), batch_size: int = 1_000
+    ) -> Iterator[DispatchOutcomeEvent]:
+        """Events within the window ordered by (decided_at, episode_id, step)."""
+
+    @abc.abstractmethod
+    def episode_ids(self, window: TimeWindow = TimeWindow()) -> list[str]:
+        """Distinct episodes with at least one event in the window, oldest first."""
+
+    @abc.abstractmethod
+    def episode(self, episode_id: str) -> list[DispatchOutcomeEvent]:
+        """All stored steps of one episode ordered by step."""
+
+    @abc.abstractmethod
+    def raw_event(self, event_id: str) -> bytes | None:
+        """The exact bytes an event arrived as, or None if it is not stored."""
+
+    @abc.abstractmethod
+    def apply_retention(
+        self, now: datetime, max_age: timedelta | None, max_events: int | None
+    ) -> int:
+        """Delete events older than max_age and the oldest beyond max_events; return count."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""

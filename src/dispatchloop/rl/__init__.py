@@ -1,0 +1,1 @@
+"""Reward, featurizer, Q-network, DQN training and model artifacts."""

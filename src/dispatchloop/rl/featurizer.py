@@ -1,0 +1,151 @@
+"""Turns a decision situation into per-candidate features plus context features.
+
+One featurizer for the simulator, for logged events and for serving: both the
+env and `situation_from_event` build a `Situation`, and `featurize` is the only
+code that turns it into numbers. The Q-network scores each candidate row with
+shared weights, so the number of candidates is free (9 in training, 40 in
+serving). Change the arithmetic here and you must bump FEATURIZER_VERSION: it is
+stored with every model, and a model refuses features of another version.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dispatchloop.events import DispatchOutcomeEvent
+
+FEATURIZER_VERSION = 1
+EARTH_RADIUS_KM = 6371.0088
+REFERENCE_SPEED_KMH = 30.0
+"""Speed used only to turn distance into a comparable ETA feature; the simulator's
+calibrated speed is a property of the world, this one of the featurizer."""
+
+CANDIDATE_FEATURES = (
+    "pickup_km",
+    "available_in_h",
+    "eta_h",
+    "eta_minus_best_h",
+    "eta_rank",
+    "queue_len",
+    "late_by_h",
+    "early_by_h",
+    "eligible",
+)
+CONTEXT_FEATURES = (
+    "priority_1",
+    "priority_2",
+    "priority_3",
+    "hour_sin",
+    "hour_cos",
+    "trip_km",
+    "to_window_start_h",
+    "window_len_h",
+    "n_candidates",
+    "eligible_share",
+)
+N_CANDIDATE_FEATURES = len(CANDIDATE_FEATURES)
+N_CONTEXT_FEATURES = len(CONTEXT_FEATURES)
+FloatArray = NDArray[np.float32]
+
+
+class Situation(NamedTuple):
+    """Everything a decision may look at, as plain arrays (times in minutes)."""
+
+    hour_of_day: float
+    priority: int
+    pickup_lat: float
+    pickup_lon: float
+    dropoff_lat: float
+    dropoff_lon: float
+    to_window_start_min: float
+    to_window_end_min: float
+    driver_lat: NDArray[np.float64]
+    driver_lon: NDArray[np.float64]
+    available_in_min: NDArray[np.float64]
+    queue_len: NDArray[np.float64]
+    eligible: NDArray[np.bool_]
+
+
+class Features(NamedTuple):
+    candidates: FloatArray  # (n_candidates, N_CANDIDATE_FEATURES)
+    context: FloatArray  # (N_CONTEXT_FEATURES,)
+    mask: NDArray[np.bool_]  # (n_candidates,), True where the driver may be chosen
+
+
+def distance_km(
+    lat1: NDArray[np.float64] | float,
+    lon1: NDArray[np.float64] | float,
+    lat2: NDArray[np.float64] | float,
+    lon2: NDArray[np.float64] | float,
+) -> NDArray[np.float64]:
+    """Great-circle (haversine) distance; the simulator uses the same function."""
+    phi1, phi2 = np.radians(lat1), np.radians(lat2)
+    dphi, dlmb = phi2 - phi1, np.radians(np.asarray(lon2) - np.asarray(lon1))
+    h = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlmb / 2) ** 2
+    return np.asarray(2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0))))
+
+
+def featurize(situation: Situation) -> Features:
+    s = situation
+    n = len(s.driver_lat)
+    pickup_km = distance_km(s.driver_lat, s.driver_lon, s.pickup_lat, s.pickup_lon)
+    eta_min = s.available_in_min + pickup_km / REFERENCE_SPEED_KMH * 60.0
+    best = eta_min[s.eligible].min() if s.eligible.any() else eta_min.min()
+    rank = np.argsort(np.argsort(eta_min, kind="stable"), kind="stable")
+    candidates = np.empty((n, N_CANDIDATE_FEATURES), dtype=np.float32)
+    candidates[:, 0] = pickup_km / 10.0
+    candidates[:, 1] = s.available_in_min / 60.0
+    candidates[:, 2] = eta_min / 60.0
+    candidates[:, 3] = (eta_min - best) / 60.0
+    candidates[:, 4] = rank / max(n - 1, 1)
+    candidates[:, 5] = s.queue_len / 5.0
+    candidates[:, 6] = np.maximum(eta_min - s.to_window_end_min, 0.0) / 60.0
+    candidates[:, 7] = np.maximum(s.to_window_start_min - eta_min, 0.0) / 60.0
+    candidates[:, 8] = s.eligible
+    trip_km = float(distance_km(s.pickup_lat, s.pickup_lon, s.dropoff_lat, s.dropoff_lon))
+    angle = 2 * np.pi * s.hour_of_day / 24.0
+    context = np.array(
+        [
+            s.priority == 1,
+            s.priority == 2,
+            s.priority == 3,
+            np.sin(angle),
+            np.cos(angle),
+            trip_km / 10.0,
+            s.to_window_start_min / 60.0,
+            (s.to_window_end_min - s.to_window_start_min) / 60.0,
+            n / 64.0,
+            s.eligible.mean(),
+        ],
+        dtype=np.float32,
+    )
+    return Features(candidates, context, s.eligible.copy())
+
+
+def situation_from_event(event: DispatchOutcomeEvent) -> Situation:
+    """The situation a logged decision was taken in, at its decided_at."""
+    decided = event.decided_at
+    booking = event.booking
+    hour = decided.hour + decided.minute / 60.0 + decided.second / 3600.0
+    utc_offset = decided.utcoffset()
+    assert utc_offset is not None  # AwareDatetime
+    hour = (hour - utc_offset.total_seconds() / 3600.0) % 24.0
+    cands = event.candidates
+    return Situation(
+        hour_of_day=hour,
+        priority=booking.priority,
+        pickup_lat=booking.pickup.lat,
+        pickup_lon=booking.pickup.lon,
+        dropoff_lat=booking.dropoff.lat,
+        dropoff_lon=booking.dropoff.lon,
+        to_window_start_min=(booking.window_start - decided).total_seconds() / 60.0,
+        to_window_end_min=(booking.window_end - decided).total_seconds() / 60.0,
+        driver_lat=np.array([c.lat for c in cands], dtype=np.float64),
+        driver_lon=np.array([c.lon for c in cands], dtype=np.float64),
+        available_in_min=np.array([c.available_in_min for c in cands], dtype=np.float64),
+        queue_len=np.array([c.queue_len for c in cands], dtype=np.float64),
+        eligible=np.array([c.eligible for c in cands], dtype=np.bool_),
+    )

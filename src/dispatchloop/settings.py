@@ -1,0 +1,307 @@
+"""Configuration: one `Settings` object, built once in `main()` and passed down.
+
+Sources, highest priority first: explicit arguments, environment variables
+(`DISPATCHLOOP_*`, nested with `__`), an optional TOML file (`--config` or
+`DISPATCHLOOP_CONFIG`), defaults. No module reads the environment at import;
+`load_settings` is the only entry point, and it turns every validation failure
+into a `ConfigError` whose message is one sentence naming the bad setting, so
+the CLI can exit with code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "DISPATCHLOOP_"
+CONFIG_FILE_ENV = "DISPATCHLOOP_CONFIG"
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, described in one sentence for the operator (exit code 2)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaSettings(_Section):
+    """Where events come from and where dead letters and model events go."""
+
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:9092"],
+        description="Comma-separated host:port list of brokers.",
+    )
+    topic: str = Field("dispatch.outcomes", min_length=1)
+    dlq_topic: str = Field("dispatch.outcomes.dlq", min_length=1)
+    models_topic: str = Field("dispatch.models", min_length=1)
+    group_id: str = Field("dispatchloop", min_length=1)
+    client_id: str = Field("dispatchloop", min_length=1)
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new consumer group starts; earliest so nothing is skipped."
+    )
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100, le=100_000)
+    max_poll_records: int = Field(2_000, ge=1, le=100_000)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    request_timeout_ms: int = Field(30_000, ge=1_000)
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split_bootstrap(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, servers: list[str]) -> list[str]:
+        if not servers:
+            raise ValueError("must list at least one host:port")
+        for server in servers:
+            match = _HOST_PORT.match(server)
+            if match is None or not 0 < int(match.group(2)) < 65536:
+                raise ValueError(f"{server!r} is not a host:port pair")
+        return servers
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        uses_sasl = self.security_protocol.startswith("SASL")
+        if uses_sasl and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        if uses_sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_username and sasl_password"
+            )
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} is not a readable file")
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection options shared by every kafka-python client (consumer, producer, admin)."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": list(self.bootstrap_servers),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol.startswith("SASL"):
+            assert self.sasl_password is not None  # checked by _check_security
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        if self.security_protocol.endswith("SSL"):
+            options["ssl_check_hostname"] = self.ssl_check_hostname
+            if self.ssl_cafile is not None:
+                options["ssl_cafile"] = str(self.ssl_cafile)
+            if self.ssl_certfile is not None:
+                options["ssl_certfile"] = str(self.ssl_certfile)
+            if self.ssl_keyfile is not None:
+                options["ssl_keyfile"] = str(self.ssl_keyfile)
+            if self.ssl_key_password is not None:
+                options["ssl_password"] = self.ssl_key_password.get_secret_value()
+        return options
+
+
+class MetricsSettings(_Section):
+    """The HTTP endpoint with /metrics, /healthz and /readyz."""
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port (tests).")
+
+
+class IngestSettings(_Section):
+    """The consume → validate → store → commit loop."""
+
+    max_event_bytes: int = Field(65_536, ge=1_024, description="Larger records are dead letters.")
+    poll_timeout_ms: int = Field(500, ge=10, le=60_000)
+    reconnect_backoff_initial_s: float = Field(0.5, gt=0)
+    reconnect_backoff_max_s: float = Field(30.0, gt=0)
+    dlq_send_timeout_s: float = Field(30.0, gt=0)
+
+
+class RetentionSettings(_Section):
+    """How long the replay store keeps events; None keeps everything."""
+
+    max_age_days: float | None = Field(None, gt=0)
+    max_events: int | None = Field(None, gt=0)
+    interval_s: float = Field(3_600.0, gt=0)
+
+
+class RewardSettings(_Section):
+    """Weights of the one reward function shared by simulator, logged events and serving.
+
+    reward = -(empty_km_weight * empty_km
+               + delay_weight_per_min * priority_weight[priority] * max(pickup_delay_min, 0))
+             - late_penalty * [status == late] - cancel_penalty * [status == cancelled]
+    """
+
+    empty_km_weight: float = Field(1.0, ge=0)
+    delay_weight_per_min: float = Field(0.5, ge=0)
+    priority_weights: tuple[float, float, float] = (1.0, 2.0, 4.0)
+    late_penalty: float = Field(5.0, ge=0)
+    cancel_penalty: float = Field(20.0, ge=0)
+
+    @field_validator("priority_weights")
+    @classmethod
+    def _check_priority_weights(cls, weights: tuple[float, float, float]) -> tuple[float, ...]:
+        if any(not math.isfinite(w) or w < 0 for w in weights):
+            raise ValueError("priority weights must be finite and non-negative")
+        return weights
+
+
+class Settings(BaseSettings):
+    """Everything dispatchloop can be told. Build it with `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(Path("dispatchloop-data"), description="State: replay DB, models, studies.")
+    store_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/replay.db."
+    )
+    log_format: Literal["auto", "text", "json"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    reward: RewardSettings = Field(default_factory=RewardSettings)
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not re.match(
+            r"^(sqlite|postgresql(\+\w+)?)://", url.get_secret_value()
+        ):
+            raise ValueError("must start with sqlite:// or postgresql+psycopg://")
+        return url
+
+    @property
+    def resolved_store_url(self) -> str:
+        """The store URL with the SQLite default under data_dir filled in."""
+        if self.store_url is not None:
+            return self.store_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'replay.db').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings passes the TOML file's contents as init values: the environment
+        # must win over the file, key by key, so env comes first.
+        return (env_settings, init_settings)
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Build the one Settings object, or raise ConfigError with one clear sentence."""
+    if config_file is None and os.environ.get(CONFIG_FILE_ENV):
+        config_file = Path(os.environ[CONFIG_FILE_ENV])
+    unknown = sorted(key for key in os.environ if _is_unknown_env_key(key))
+    if unknown:
+        raise ConfigError(f"Unknown setting {unknown[0]} (check the name and the __ nesting).")
+    file_values = _read_toml(config_file) if config_file is not None else {}
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {str(path)!r}: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file {str(path)!r} is not valid TOML: {exc}.") from None
+
+
+def _is_unknown_env_key(key: str) -> bool:
+    if not key.startswith(ENV_PREFIX) or key.startswith(f"{ENV_PREFIX}TEST_"):
+        return False
+    path = key[len(ENV_PREFIX) :].lower().split("__")
+    if path == ["config"]:
+        return False
+    model: type[BaseModel] = Settings
+    for depth, part in enumerate(path):
+        field = model.model_fields.get(part)
+        if field is None:
+            return True
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return depth != len(path) - 1
+    return False
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One sentence naming the first bad setting in environment-variable form."""
+    error = exc.errors()[0]
+    location = "__".join(str(part) for part in error["loc"]).upper()
+    setting = f"{ENV_PREFIX}{location}" if location else "configuration"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"Invalid setting {setting}: {message}."
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as JSON-able data, with every secret masked."""
+    data = settings.model_dump(mode="json")
+    data["store_url"] = settings_store_url_masked(settings)
+    return data
+
+
+def settings_store_url_masked(settings: Settings) -> str:
+    """The store URL with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", settings.resolved_store_url)

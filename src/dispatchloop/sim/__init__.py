@@ -1,0 +1,1 @@
+"""Gymnasium simulator of dispatch, scenarios calibrated from the store, baselines."""

@@ -1,0 +1,1 @@
+"""Optuna studies over the DQN hyperparameters (never over the environment)."""
