@@ -78,6 +78,21 @@ def _flatten(data: dict[str, object], prefix: str = "") -> list[str]:
     return lines
 
 
+# --- store commands (replay/) ---
+
+# --- ingest commands (consumers/) ---
+
+# --- simulator commands (sim/) ---
+
+# --- training commands (rl/) ---
+
+# --- evaluation commands (evaluation/) ---
+
+# --- tuning commands (tuning/) ---
+
+# --- demo ---
+
+
 def main() -> None:
     """Console entry point. Usage errors exit 2 (click); so does a bad configuration."""
     try:

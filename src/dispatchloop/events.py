@@ -110,7 +110,8 @@ class DispatchOutcomeEvent(_Wire):
         for candidate in candidates:
             if candidate.driver_id in seen:
                 raise PydanticCustomError(
-                    "duplicate_candidate", "driver {driver_id} is listed twice",
+                    "duplicate_candidate",
+                    "driver {driver_id} is listed twice",
                     {"driver_id": candidate.driver_id},
                 )
             seen.add(candidate.driver_id)
@@ -120,7 +121,8 @@ class DispatchOutcomeEvent(_Wire):
     def _consistent(self) -> DispatchOutcomeEvent:
         if self.action_index < 0:
             raise PydanticCustomError(
-                "action_not_a_candidate", "action.driver_id {driver_id} is not among candidates",
+                "action_not_a_candidate",
+                "action.driver_id {driver_id} is not among candidates",
                 {"driver_id": self.action.driver_id},
             )
         if self.occurred_at < self.decided_at:

@@ -201,7 +201,9 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    data_dir: Path = Field(Path("dispatchloop-data"), description="State: replay DB, models, studies.")
+    data_dir: Path = Field(
+        Path("dispatchloop-data"), description="State: replay DB, models, studies."
+    )
     store_url: SecretStr | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/replay.db."
     )

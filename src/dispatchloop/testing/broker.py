@@ -77,9 +77,19 @@ def start_broker(timeout_s: float = 30.0, log_dir: Path | None = None) -> LocalB
     log_path = log_dir / f"tansu-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"},
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": "warn"},
         )
     broker = LocalBroker(process, port, log_path)
     deadline = time.monotonic() + timeout_s
