@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-stamp
 # torch first, pinned: a CPU build on local disk. A bare `torch` would pull a CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup test test-unit test-integration lint bench demo clean
+.PHONY: setup test test-unit test-integration lint bench demo clean schema
 
 setup: $(STAMP)
 
@@ -38,3 +38,6 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+schema: setup
+	$(PY) -c "import json; from dispatchloop.events import outcome_json_schema; print(json.dumps(outcome_json_schema(), indent=2))" > docs/schema/dispatch-outcome-v1.json

@@ -179,6 +179,25 @@ _CUSTOM_REASONS = frozenset(
 )
 
 
+def outcome_json_schema() -> dict[str, Any]:
+    """The JSON Schema of schema_version 1, as published in docs/schema/.
+
+    Cross-field rules (action among candidates, unique drivers, window order,
+    occurred after decided, no (0, 0) position) cannot be said in JSON Schema;
+    the description lists them so producers know they are enforced.
+    """
+    schema = DispatchOutcomeEvent.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://dispatchloop.dev/schema/dispatch-outcome-v1.json"
+    schema["description"] = (
+        "One dispatch decision and what came of it (schema_version 1). Also enforced: "
+        "action.driver_id is one of candidates; candidate driver_ids are unique; "
+        "booking.window_end >= window_start; occurred_at >= decided_at; "
+        "positions are not (0, 0); timestamps carry a zone. Unknown fields are allowed."
+    )
+    return schema
+
+
 def parse_outcome(raw: bytes | None, max_bytes: int) -> DispatchOutcomeEvent | Rejection:
     """Validate one record's value; never raises for bad input."""
     if raw is None:
