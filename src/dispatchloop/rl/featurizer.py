@@ -149,3 +149,64 @@ def situation_from_event(event: DispatchOutcomeEvent) -> Situation:
         queue_len=np.array([c.queue_len for c in cands], dtype=np.float64),
         eligible=np.array([c.eligible for c in cands], dtype=np.bool_),
     )
+
+
+class SituationBatch(NamedTuple):
+    """`Situation` stacked over a leading batch axis (B,), drivers on a second axis (B, n).
+
+    The simulator's vectorised path builds it; `featurize_batch` must give exactly
+    the numbers `featurize` gives row by row (tested), so it repeats the same
+    arithmetic in the same order, only along the last axis.
+    """
+
+    hour_of_day: NDArray[np.float64]
+    priority: NDArray[np.int64]
+    pickup_lat: NDArray[np.float64]
+    pickup_lon: NDArray[np.float64]
+    dropoff_lat: NDArray[np.float64]
+    dropoff_lon: NDArray[np.float64]
+    to_window_start_min: NDArray[np.float64]
+    to_window_end_min: NDArray[np.float64]
+    driver_lat: NDArray[np.float64]
+    driver_lon: NDArray[np.float64]
+    available_in_min: NDArray[np.float64]
+    queue_len: NDArray[np.float64]
+    eligible: NDArray[np.bool_]
+
+
+def featurize_batch(batch: SituationBatch) -> Features:
+    """Vectorised `featurize`: candidates (B, n, F), context (B, C), mask (B, n)."""
+    s = batch
+    size, n = s.driver_lat.shape
+    pickup_km = distance_km(
+        s.driver_lat, s.driver_lon, s.pickup_lat[:, None], s.pickup_lon[:, None]
+    )
+    eta_min = s.available_in_min + pickup_km / REFERENCE_SPEED_KMH * 60.0
+    any_eligible = s.eligible.any(axis=1)
+    best_eligible = np.where(s.eligible, eta_min, np.inf).min(axis=1)
+    best = np.where(any_eligible, best_eligible, eta_min.min(axis=1))[:, None]
+    rank = np.argsort(np.argsort(eta_min, axis=1, kind="stable"), axis=1, kind="stable")
+    candidates = np.empty((size, n, N_CANDIDATE_FEATURES), dtype=np.float32)
+    candidates[..., 0] = pickup_km / 10.0
+    candidates[..., 1] = s.available_in_min / 60.0
+    candidates[..., 2] = eta_min / 60.0
+    candidates[..., 3] = (eta_min - best) / 60.0
+    candidates[..., 4] = rank / max(n - 1, 1)
+    candidates[..., 5] = s.queue_len / 5.0
+    candidates[..., 6] = np.maximum(eta_min - s.to_window_end_min[:, None], 0.0) / 60.0
+    candidates[..., 7] = np.maximum(s.to_window_start_min[:, None] - eta_min, 0.0) / 60.0
+    candidates[..., 8] = s.eligible
+    trip_km = distance_km(s.pickup_lat, s.pickup_lon, s.dropoff_lat, s.dropoff_lon)
+    angle = 2 * np.pi * s.hour_of_day / 24.0
+    context = np.empty((size, N_CONTEXT_FEATURES), dtype=np.float32)
+    context[:, 0] = s.priority == 1
+    context[:, 1] = s.priority == 2
+    context[:, 2] = s.priority == 3
+    context[:, 3] = np.sin(angle)
+    context[:, 4] = np.cos(angle)
+    context[:, 5] = trip_km / 10.0
+    context[:, 6] = s.to_window_start_min / 60.0
+    context[:, 7] = (s.to_window_end_min - s.to_window_start_min) / 60.0
+    context[:, 8] = n / 64.0
+    context[:, 9] = s.eligible.mean(axis=1)
+    return Features(candidates, context, s.eligible.copy())

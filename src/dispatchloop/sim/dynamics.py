@@ -1,0 +1,299 @@
+"""The simulator's physics, batched over episodes: one code path for every env.
+
+Why one batched core: `DispatchEnv` (one episode) and `VecDispatchEnv` (many)
+must give identical results per seed. Both run the functions below; the single
+env simply runs a batch of one. The hindsight planner runs them too, to replay
+candidate assignment sequences exactly.
+
+World rules (times are whole seconds since midnight UTC of the simulated day,
+rounded after every computation so that logged timestamps reproduce them exactly):
+
+- Everything random about an episode is drawn at reset into an `EpisodePlan`:
+  bookings (decision time, window, priority, pickup, drop-off), who is eligible
+  for which booking (random unavailability; urgent bookings need an equipped
+  vehicle), the initial fleet, and one uniform per booking for cancellation.
+- A driver is described by where and when it becomes free: the drop-off of its
+  last assigned job. A busy driver queues new jobs (`queue_len` = assigned jobs
+  not finished at decision time). Candidates report that free-at position.
+- Assigning booking k to driver d: the driver leaves when free (or now), drives
+  `empty_km` (great-circle) at the scenario speed to the pickup, and waits for the
+  window start. `pickup_delay_min` = arrival − window start (negative = early).
+  Cancelled with probability min(base + per_min · max(delay, 0), max) (the
+  plan's uniform decides); otherwise late if arrival > window end. A cancelled
+  job frees the driver at the pickup on arrival; a served one after the trip
+  and the service time at the drop-off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dispatchloop.rl.featurizer import SituationBatch, distance_km
+from dispatchloop.rl.reward import STATUS_CODES, outcome_rewards
+from dispatchloop.settings import RewardSettings
+from dispatchloop.sim.scenario import KM_PER_DEG_LAT, Scenario
+
+COMPLETED, LATE, CANCELLED = (
+    STATUS_CODES["completed"],
+    STATUS_CODES["late"],
+    STATUS_CODES["cancelled"],
+)
+STATUS_NAMES = ("completed", "late", "cancelled")
+F64 = NDArray[np.float64]
+
+
+@dataclass(frozen=True, eq=False)
+class EpisodePlan:
+    """One episode drawn in advance: B bookings, D drivers (arrays, times in seconds).
+
+    With a leading axis (N, B) / (N, D) the same class holds a batch of plans.
+    """
+
+    decided_s: F64  # (B,) sorted decision times
+    window_start_s: F64
+    window_end_s: F64
+    priority: NDArray[np.int64]
+    pickup_lat: F64
+    pickup_lon: F64
+    dropoff_lat: F64
+    dropoff_lon: F64
+    eligible: NDArray[np.bool_]  # (B, D)
+    cancel_u: F64  # (B,) uniform draws deciding cancellation
+    driver_lat: F64  # (D,) initial positions
+    driver_lon: F64
+    driver_free_s: F64  # (D,) when each driver finishes its initial job
+
+    @property
+    def n_bookings(self) -> int:
+        return int(self.decided_s.shape[-1])
+
+    @property
+    def n_drivers(self) -> int:
+        return int(self.driver_lat.shape[-1])
+
+
+PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(EpisodePlan))
+
+
+def stack_plans(plans: list[EpisodePlan]) -> EpisodePlan:
+    """A batch of plans (leading axis N) from single plans."""
+    return EpisodePlan(
+        **{name: np.stack([getattr(p, name) for p in plans]) for name in PLAN_FIELDS}
+    )
+
+
+def plan_row(batch: EpisodePlan, index: int) -> EpisodePlan:
+    """Plan `index` of a batch (copies, so the batch may be overwritten later)."""
+    return EpisodePlan(**{name: getattr(batch, name)[index].copy() for name in PLAN_FIELDS})
+
+
+def put_plan(batch: EpisodePlan, index: int, plan: EpisodePlan) -> None:
+    """Overwrite plan `index` of a batch in place (autoreset)."""
+    for name in PLAN_FIELDS:
+        getattr(batch, name)[index] = getattr(plan, name)
+
+
+def make_plan(scenario: Scenario, rng: np.random.Generator) -> EpisodePlan:
+    """Draw one episode. The order of draws is part of the seed contract: keep it."""
+    arrays = scenario.arrays
+    n_b, n_d = scenario.bookings_per_episode, scenario.n_drivers
+    hours = rng.choice(24, size=n_b, p=arrays.hour_p)
+    decided = np.sort(np.round(hours * 3600.0 + rng.random(n_b) * 3600.0))
+    decided = np.minimum(decided, 86_399.0)
+    lead_min = scenario.lead_time_min + rng.exponential(scenario.lead_time_mean_extra_min, n_b)
+    window_start = decided + np.round(lead_min * 60.0)
+    window_end = window_start + round(scenario.window_min * 60.0)
+    priority = rng.choice(3, size=n_b, p=arrays.priority_p).astype(np.int64) + 1
+    p_lat, p_lon = _resample(rng, arrays.pickups, n_b, scenario.location_jitter_km)
+    d_lat, d_lon = _resample(rng, arrays.dropoffs, n_b, scenario.location_jitter_km)
+    eligible = _eligibility(rng, scenario, priority)
+    cancel_u = rng.random(n_b)
+    f_lat, f_lon = _resample(rng, arrays.all_points, n_d, scenario.location_jitter_km)
+    offset_min = rng.uniform(-scenario.initial_busy_max_min, scenario.initial_busy_max_min, n_d)
+    free = decided[0] + np.round(offset_min * 60.0)
+    return EpisodePlan(
+        decided_s=decided,
+        window_start_s=window_start,
+        window_end_s=window_end,
+        priority=priority,
+        pickup_lat=p_lat,
+        pickup_lon=p_lon,
+        dropoff_lat=d_lat,
+        dropoff_lon=d_lon,
+        eligible=eligible,
+        cancel_u=cancel_u,
+        driver_lat=f_lat,
+        driver_lon=f_lon,
+        driver_free_s=free,
+    )
+
+
+def _resample(rng: np.random.Generator, points: F64, n: int, jitter_km: float) -> tuple[F64, F64]:
+    """Historical positions with Gaussian jitter (km converted to degrees locally)."""
+    chosen = points[rng.integers(0, len(points), n)]
+    noise = rng.normal(0.0, jitter_km, (n, 2))
+    lat = chosen[:, 0] + noise[:, 0] / KM_PER_DEG_LAT
+    lon = chosen[:, 1] + noise[:, 1] / (KM_PER_DEG_LAT * np.cos(np.radians(chosen[:, 0])))
+    return np.clip(lat, -89.0, 89.0), np.clip(lon, -179.0, 179.0)
+
+
+def _eligibility(
+    rng: np.random.Generator, scenario: Scenario, priority: NDArray[np.int64]
+) -> NDArray[np.bool_]:
+    """Random unavailability plus the vehicle rule; never a booking without a driver."""
+    n_b, n_d = scenario.bookings_per_episode, scenario.n_drivers
+    available = rng.random((n_b, n_d)) >= scenario.unavailable_prob
+    order = rng.permutation(n_d)
+    equipped = np.zeros(n_d, dtype=np.bool_)
+    equipped[order[: max(1, round(scenario.equipped_share * n_d))]] = True
+    eligible = available & ((priority[:, None] < 3) | equipped[None, :])
+    eligible[~eligible.any(axis=1), order[0]] = True  # order[0] is always equipped
+    return eligible
+
+
+class FleetState(NamedTuple):
+    """Mutable per-episode state of a batch of N episodes with D drivers, B bookings."""
+
+    free_s: F64  # (N, D) when each driver finishes everything assigned so far
+    lat: F64  # (N, D) where it will be then
+    lon: F64
+    job_end_s: F64  # (N, D, B + 1) end of each assigned job (slot 0: initial job), -inf if none
+
+    @classmethod
+    def start(cls, plans: EpisodePlan) -> FleetState:
+        n, d = plans.driver_lat.shape
+        job_end = np.full((n, d, plans.n_bookings + 1), -np.inf)
+        job_end[:, :, 0] = plans.driver_free_s
+        return cls(
+            plans.driver_free_s.copy(), plans.driver_lat.copy(), plans.driver_lon.copy(), job_end
+        )
+
+    def reset_row(self, index: int, plan: EpisodePlan) -> None:
+        self.free_s[index] = plan.driver_free_s
+        self.lat[index] = plan.driver_lat
+        self.lon[index] = plan.driver_lon
+        self.job_end_s[index] = -np.inf
+        self.job_end_s[index, :, 0] = plan.driver_free_s
+
+
+class Outcomes(NamedTuple):
+    """What came of one decision per episode (arrays of shape (N,))."""
+
+    status: NDArray[np.int64]
+    pickup_delay_min: F64
+    empty_km: F64
+    total_km: F64
+    occurred_s: F64
+    end_s: F64
+    end_lat: F64
+    end_lon: F64
+
+
+def situation_batch(
+    state: FleetState, plans: EpisodePlan, step: NDArray[np.int64]
+) -> SituationBatch:
+    """The decision situation of booking `step[i]` in each episode i."""
+    rows = np.arange(len(step))
+    now = plans.decided_s[rows, step]
+    hours, rest = np.divmod(now, 3600.0)
+    minutes, seconds = np.divmod(rest, 60.0)
+    # Same arithmetic as situation_from_event on the logged timestamp.
+    hour_of_day = (hours + minutes / 60.0 + seconds / 3600.0 - 0.0) % 24.0
+    queue = (state.job_end_s > now[:, None, None]).sum(axis=2).astype(np.float64)
+    return SituationBatch(
+        hour_of_day=hour_of_day,
+        priority=plans.priority[rows, step],
+        pickup_lat=plans.pickup_lat[rows, step],
+        pickup_lon=plans.pickup_lon[rows, step],
+        dropoff_lat=plans.dropoff_lat[rows, step],
+        dropoff_lon=plans.dropoff_lon[rows, step],
+        to_window_start_min=(plans.window_start_s[rows, step] - now) / 60.0,
+        to_window_end_min=(plans.window_end_s[rows, step] - now) / 60.0,
+        driver_lat=state.lat.copy(),
+        driver_lon=state.lon.copy(),
+        available_in_min=np.maximum(state.free_s - now[:, None], 0.0) / 60.0,
+        queue_len=queue,
+        eligible=plans.eligible[rows, step],
+    )
+
+
+def outcomes_of(
+    scenario: Scenario,
+    plans: EpisodePlan,
+    rows: NDArray[np.int64],
+    step: NDArray[np.int64],
+    *,
+    free_s: F64,
+    lat: F64,
+    lon: F64,
+) -> Outcomes:
+    """Outcome of booking step[i] of plan rows[i] for a driver free at free_s[i] at (lat, lon).
+
+    Pure: used both to apply a decision and by the planner to preview one.
+    """
+    now = plans.decided_s[rows, step]
+    p_lat, p_lon = plans.pickup_lat[rows, step], plans.pickup_lon[rows, step]
+    d_lat, d_lon = plans.dropoff_lat[rows, step], plans.dropoff_lon[rows, step]
+    window_start = plans.window_start_s[rows, step]
+    empty_km = distance_km(lat, lon, p_lat, p_lon)
+    arrival = np.round(np.maximum(free_s, now) + empty_km / scenario.travel_speed_kmh * 3600.0)
+    delay_min = (arrival - window_start) / 60.0
+    p_cancel = np.minimum(
+        scenario.cancel_base + scenario.cancel_per_delay_min * np.maximum(delay_min, 0.0),
+        scenario.cancel_max,
+    )
+    cancelled = plans.cancel_u[rows, step] < p_cancel
+    late = arrival > plans.window_end_s[rows, step]
+    trip_km = distance_km(p_lat, p_lon, d_lat, d_lon)
+    served_end = (
+        np.maximum(arrival, window_start)
+        + np.round(trip_km / scenario.travel_speed_kmh * 3600.0)
+        + round(scenario.service_min * 60.0)
+    )
+    end = np.where(cancelled, arrival, served_end)
+    status = np.where(cancelled, CANCELLED, np.where(late, LATE, COMPLETED)).astype(np.int64)
+    return Outcomes(
+        status=status,
+        pickup_delay_min=delay_min,
+        empty_km=empty_km,
+        total_km=np.where(cancelled, empty_km, empty_km + trip_km),
+        occurred_s=end,
+        end_s=end,
+        end_lat=np.where(cancelled, p_lat, d_lat),
+        end_lon=np.where(cancelled, p_lon, d_lon),
+    )
+
+
+def apply_decisions(
+    scenario: Scenario,
+    state: FleetState,
+    plans: EpisodePlan,
+    step: NDArray[np.int64],
+    actions: NDArray[np.int64],
+) -> Outcomes:
+    """Assign booking step[i] to driver actions[i] in every episode; updates `state`."""
+    rows = np.arange(len(step))
+    out = outcomes_of(
+        scenario,
+        plans,
+        rows,
+        step,
+        free_s=state.free_s[rows, actions],
+        lat=state.lat[rows, actions],
+        lon=state.lon[rows, actions],
+    )
+    state.free_s[rows, actions] = out.end_s
+    state.lat[rows, actions] = out.end_lat
+    state.lon[rows, actions] = out.end_lon
+    state.job_end_s[rows, actions, step + 1] = out.end_s
+    return out
+
+
+def rewards_of(out: Outcomes, priority: NDArray[np.int64], reward: RewardSettings) -> F64:
+    """The shared reward function on a batch of outcomes."""
+    return outcome_rewards(out.status, out.pickup_delay_min, out.empty_km, priority, reward)
