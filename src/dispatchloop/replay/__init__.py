@@ -1,1 +1,24 @@
-"""The replay store: every valid dispatch outcome event, once, durably."""
+"""The replay store: every valid dispatch outcome event, once, durably.
+
+`open_store(url)` is the entry point; the contract is `base.ReplayStore`.
+"""
+
+from dispatchloop.replay.base import (
+    IncomingEvent,
+    ReplayStore,
+    StoreStats,
+    StoreUnavailableError,
+    TimeWindow,
+    WriteResult,
+)
+from dispatchloop.replay.engine import open_store
+
+__all__ = [
+    "IncomingEvent",
+    "ReplayStore",
+    "StoreStats",
+    "StoreUnavailableError",
+    "TimeWindow",
+    "WriteResult",
+    "open_store",
+]
