@@ -1,0 +1,498 @@
+"""The ingest loop: poll → parse → store (durable) → dead letters (acknowledged) → commit.
+
+The order is the whole guarantee: offsets are committed only after the batch's
+valid events are durably stored and its dead letters acknowledged, so a crash at
+any point re-delivers the batch, the store skips what it already holds (by
+event_id) and the dead-letter ledger skips what the DLQ already holds. A failing
+store or DLQ never lets the loop commit past a record: it rewinds to the batch's
+first offsets, backs off and tries again. The broker going away only makes the
+loop reconnect with backoff; the process stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+from kafka import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaConfigurationError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from dispatchloop.consumers.backoff import Backoff
+from dispatchloop.consumers.clients import make_consumer, make_dlq_producer, make_dlq_reader
+from dispatchloop.consumers.deadletter import (
+    DeadLetter,
+    DeadLetterDeliveryError,
+    DeadLetterLedger,
+    DeadLetterSender,
+    scan_already_dead_lettered,
+)
+from dispatchloop.consumers.metrics import IngestMetrics
+from dispatchloop.consumers.offsets import commit_offsets, lag, rewind_positions
+from dispatchloop.events import Rejection, parse_outcome
+from dispatchloop.replay.base import IncomingEvent, ReplayStore, StoreUnavailableError
+from dispatchloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DLQ_ATTEMPTS_IN_PLACE = 3
+LAG_INTERVAL_S = 5.0
+STORE_STATS_INTERVAL_S = 30.0
+
+
+class BatchReport(NamedTuple):
+    """What one committed poll did; fed to progress displays."""
+
+    records: int
+    stored: int
+    duplicates: int
+    dead_letters: int
+
+
+@dataclass
+class IngestTotals:
+    """Counts of this run (metrics hold the same, labelled, for Prometheus)."""
+
+    processed: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    partitions: set[int] = field(default_factory=set)
+
+
+@dataclass
+class IngestHealth:
+    """What /readyz reports; written by the loop thread, read by the HTTP thread."""
+
+    joined: bool = False
+    broker_ok: bool = False
+    store_ok: bool = True
+    last_error: str | None = None
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        ready = self.joined and self.broker_ok and self.store_ok
+        return ready, {
+            "ready": ready,
+            "consumer_joined": self.joined,
+            "broker_reachable": self.broker_ok,
+            "store_reachable": self.store_ok,
+            "last_error": self.last_error,
+        }
+
+
+class _Split(NamedTuple):
+    valid: list[IncomingEvent]
+    letters: list[DeadLetter]
+
+
+def split_records(batch: Mapping[TopicPartition, Sequence[Any]], max_bytes: int) -> _Split:
+    """One pass over a poll: valid events for the store, the rest as dead letters."""
+    valid: list[IncomingEvent] = []
+    letters: list[DeadLetter] = []
+    for records in batch.values():
+        for record in records:
+            value = record.value
+            parsed = parse_outcome(value, max_bytes)
+            if isinstance(parsed, Rejection):
+                letters.append(
+                    DeadLetter(
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        value,
+                        parsed.reason,
+                        parsed.detail,
+                    )
+                )
+            else:
+                valid.append(IncomingEvent(parsed, value))
+    return _Split(valid, letters)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tracks assignment changes; does no I/O (kafka-python forbids blocking commits here)."""
+
+    def __init__(self, loop: IngestLoop) -> None:
+        self._loop = loop
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._loop.partitions_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._loop.partitions_assigned(assigned)
+
+
+ConsumerFactory = Callable[[ConsumerRebalanceListener], Any]
+ClientFactory = Callable[[], Any]
+
+
+class IngestLoop:
+    """Runs the consume loop until `request_stop()`, `max_events` or `idle_exit_s`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ReplayStore,
+        metrics: IngestMetrics,
+        *,
+        consumer_factory: ConsumerFactory,
+        producer_factory: ClientFactory,
+        reader_factory: ClientFactory,
+        rng: np.random.Generator,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._metrics = metrics
+        self._consumer_factory = consumer_factory
+        self._reader_factory = reader_factory
+        self._sender = DeadLetterSender(
+            producer_factory, settings.kafka.dlq_topic, settings.ingest.dlq_send_timeout_s
+        )
+        ingest = settings.ingest
+        self._backoff = Backoff(
+            ingest.reconnect_backoff_initial_s, ingest.reconnect_backoff_max_s, rng
+        )
+        self._ledger = DeadLetterLedger()
+        self._unscanned: set[TopicPartition] = set()
+        self._pending_commit: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._consumer: Any | None = None
+        self._reader: Any | None = None
+        self._stop = threading.Event()
+        self.health = IngestHealth()
+        self.totals = IngestTotals()
+        self._next_lag_at = 0.0
+        self._lag_partitions: set[int] = set()
+        self._next_stats_at = 0.0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, store: ReplayStore, metrics: IngestMetrics, seed: int | None = None
+    ) -> IngestLoop:
+        """The production wiring: real kafka-python clients built from settings."""
+        return cls(
+            settings,
+            store,
+            metrics,
+            consumer_factory=lambda listener: make_consumer(settings, listener),
+            producer_factory=lambda: make_dlq_producer(settings),
+            reader_factory=lambda: make_dlq_reader(settings),
+            rng=np.random.default_rng(seed),
+        )
+
+    # --- control -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Finish the current batch, commit, close (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(
+        self,
+        max_events: int | None = None,
+        idle_exit_s: float | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> IngestTotals:
+        last_record_at = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                remaining = None if max_events is None else max_events - self.totals.processed
+                if remaining is not None and remaining <= 0:
+                    break
+                if self._consumer is None and not self._connect():
+                    continue
+                report = self._poll_once(remaining)
+                now = time.monotonic()
+                if report is not None and report.records:
+                    last_record_at = now
+                    if on_batch is not None:
+                        on_batch(report)
+                elif idle_exit_s is not None and now - last_record_at >= idle_exit_s:
+                    log.info("no new records for %.1f s; stopping", idle_exit_s)
+                    break
+                self._refresh_gauges(now)
+        finally:
+            self._shutdown()
+        return self.totals
+
+    # --- rebalance callbacks (called inside poll) ----------------------------------------
+
+    def partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self._ledger.drop(tp)
+            self._unscanned.discard(tp)
+            self._pending_commit.pop(tp, None)
+            if tp.partition in self._lag_partitions:
+                self._lag_partitions.discard(tp.partition)
+                self._metrics.consumer_lag.remove(str(tp.partition))
+        log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in revoked)})
+
+    def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._unscanned.update(assigned)
+        self.totals.partitions.update(tp.partition for tp in assigned)
+        self.health.joined = True
+        log.info(
+            "partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)}
+        )
+
+    # --- one poll ------------------------------------------------------------------------
+
+    def _connect(self) -> bool:
+        try:
+            self._consumer = self._consumer_factory(_Listener(self))
+        except KafkaConfigurationError:
+            raise
+        except KafkaError as exc:
+            self._broker_failed("cannot reach the broker", exc)
+            return False
+        log.info("consumer connected", extra={"topic": self._settings.kafka.topic})
+        return True
+
+    def _poll_once(self, remaining: int | None) -> BatchReport | None:
+        consumer = self._consumer
+        assert consumer is not None
+        limit = self._settings.kafka.max_poll_records
+        if remaining is not None:
+            limit = min(limit, remaining)
+        try:
+            batch = consumer.poll(
+                timeout_ms=self._settings.ingest.poll_timeout_ms, max_records=limit
+            )
+        except KafkaError as exc:
+            self._broker_failed("poll failed; reconnecting", exc)
+            self._close_consumer()
+            return None
+        self.health.broker_ok = True
+        self._commit_pending()
+        if not batch:
+            return None
+        return self._process(batch)
+
+    def _process(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> BatchReport | None:
+        records = sum(len(r) for r in batch.values())
+        self._metrics.consumed.inc(records)
+        split = split_records(batch, self._settings.ingest.max_event_bytes)
+        try:
+            self._scan_dlq(batch)
+            stored, duplicates = self._write(split.valid)
+            dead = self._deliver_dead_letters(split.letters)
+        except _BatchFailedError as failure:
+            self._retry_later(batch, failure)
+            return None
+        self._backoff.reset()
+        self._queue_commit(batch)
+        self._commit_pending()
+        self.totals.processed += records
+        self.totals.stored += stored
+        self.totals.duplicates += duplicates
+        self.totals.dead_letters += dead
+        return BatchReport(records, stored, duplicates, dead)
+
+    def _scan_dlq(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+        """First records of a newly assigned partition: learn what the DLQ already holds."""
+        for tp in [tp for tp in batch if tp in self._unscanned]:
+            first = batch[tp][0].offset
+            try:
+                if self._reader is None:
+                    self._reader = self._reader_factory()
+                found = scan_already_dead_lettered(
+                    self._reader, self._settings.kafka.dlq_topic, tp, first
+                )
+            except KafkaError as exc:
+                self._close_reader()
+                raise _BatchFailedError("dlq", f"cannot read the DLQ: {exc!r}") from exc
+            self._ledger.replace(tp, found)
+            self._unscanned.discard(tp)
+            if found:
+                log.info(
+                    "dead letters already delivered by a previous run will be skipped",
+                    extra={"partition": tp.partition, "count": len(found)},
+                )
+
+    def _write(self, valid: list[IncomingEvent]) -> tuple[int, int]:
+        if not valid:
+            return 0, 0
+        started = time.perf_counter()
+        try:
+            result = self._store.write_batch(valid)
+        except StoreUnavailableError as exc:
+            self.health.store_ok = False
+            raise _BatchFailedError("store", f"store write failed: {exc}") from exc
+        self._metrics.batch_write_seconds.observe(time.perf_counter() - started)
+        self.health.store_ok = True
+        self._metrics.stored.inc(result.inserted)
+        self._metrics.duplicates.inc(result.duplicates)
+        return result.inserted, result.duplicates
+
+    def _deliver_dead_letters(self, letters: list[DeadLetter]) -> int:
+        if not letters:
+            return 0
+        delivered_before = {id(letter) for letter in letters if self._is_sent(letter)}
+        for attempt in range(1, DLQ_ATTEMPTS_IN_PLACE + 1):
+            try:
+                self._sender.deliver(letters, self._ledger)
+                break
+            except DeadLetterDeliveryError as exc:
+                self._metrics.errors.labels(kind="dlq").inc()
+                log.warning("dead letters not delivered (attempt %d): %s", attempt, exc)
+                if attempt == DLQ_ATTEMPTS_IN_PLACE or self._stop.wait(self._backoff.next_delay()):
+                    raise _BatchFailedError("dlq", str(exc), counted=True) from exc
+        fresh = [letter for letter in letters if id(letter) not in delivered_before]
+        for letter in fresh:
+            self._metrics.dead_letters.labels(reason=letter.reason).inc()
+        return len(fresh)
+
+    def _is_sent(self, letter: DeadLetter) -> bool:
+        return self._ledger.already_sent(
+            TopicPartition(letter.topic, letter.partition), letter.offset
+        )
+
+    def _retry_later(
+        self, batch: Mapping[TopicPartition, Sequence[Any]], failure: _BatchFailedError
+    ) -> None:
+        """Nothing of this batch is committed: rewind so it is processed again, after a pause."""
+        if not failure.counted:
+            self._metrics.errors.labels(kind=failure.kind).inc()
+        self.health.last_error = failure.message
+        log.warning("batch not committed, will retry: %s", failure.message)
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        for tp, offset in rewind_positions(batch).items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+        self._stop.wait(self._backoff.next_delay())
+
+    def _queue_commit(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+        assert self._consumer is not None
+        self._pending_commit.update(commit_offsets(batch, self._consumer.assignment()))
+
+    def _commit_pending(self) -> None:
+        """Commit every durable-but-uncommitted offset (retried after a failed commit)."""
+        if not self._pending_commit or self._consumer is None:
+            return
+        assigned = self._consumer.assignment()
+        offsets = {tp: om for tp, om in self._pending_commit.items() if tp in assigned}
+        self._pending_commit = offsets
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets)
+        except CommitFailedError as exc:
+            # Partitions moved to another member: their records are re-delivered there.
+            self._metrics.errors.labels(kind="commit").inc()
+            log.warning("commit rejected after a rebalance: %s", exc)
+            self._pending_commit = {}
+            return
+        except KafkaError as exc:
+            self._metrics.errors.labels(kind="commit").inc()
+            self.health.last_error = f"commit failed: {exc!r}"
+            log.warning("commit failed, will retry: %r", exc)
+            return
+        for tp, om in offsets.items():
+            self._ledger.committed(tp, om.offset)
+        self._pending_commit = {}
+        self._metrics.last_batch_timestamp.set(time.time())
+
+    # --- gauges ----------------------------------------------------------------------------
+
+    def _refresh_gauges(self, now: float) -> None:
+        if now >= self._next_lag_at and self._consumer is not None:
+            self._next_lag_at = now + LAG_INTERVAL_S
+            self._update_lag()
+        if now >= self._next_stats_at:
+            self._next_stats_at = now + STORE_STATS_INTERVAL_S
+            self.update_store_gauges()
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=2_000)
+            positions = {tp: self._consumer.position(tp, timeout_ms=2_000) for tp in assigned}
+        except KafkaError as exc:
+            self._metrics.errors.labels(kind="broker").inc()
+            log.warning("cannot read end offsets for the lag gauge: %r", exc)
+            return
+        known = {tp: pos for tp, pos in positions.items() if pos is not None}
+        for partition, behind in lag(ends, known).items():
+            self._metrics.consumer_lag.labels(partition=str(partition)).set(behind)
+            self._lag_partitions.add(partition)
+
+    def update_store_gauges(self) -> None:
+        """Store size and event count (a count(*) on large stores, so only every 30 s)."""
+        try:
+            stats = self._store.stats()
+        except StoreUnavailableError as exc:
+            self.health.store_ok = False
+            self._metrics.errors.labels(kind="store").inc()
+            log.warning("cannot read store statistics: %s", exc)
+            return
+        self.health.store_ok = True
+        self._metrics.store_events.set(stats.events)
+        if stats.size_bytes is not None:
+            self._metrics.store_size_bytes.set(stats.size_bytes)
+
+    # --- failures and shutdown -----------------------------------------------------------
+
+    def _broker_failed(self, what: str, exc: Exception) -> None:
+        self.health.broker_ok = False
+        self.health.last_error = f"{what}: {exc!r}"
+        self._metrics.errors.labels(kind="broker").inc()
+        delay = self._backoff.next_delay()
+        log.warning("%s: %r; retrying in %.1f s", what, exc, delay)
+        self._stop.wait(delay)
+
+    def _close_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        self.health.joined = False
+        self._unscanned.clear()
+        self._pending_commit.clear()
+        if consumer is not None:
+            try:
+                consumer.close(autocommit=False, timeout_ms=5_000)
+            except KafkaError as exc:
+                log.warning("closing the consumer failed: %r", exc)
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            try:
+                reader.close(autocommit=False, timeout_ms=2_000)
+            except KafkaError as exc:
+                log.warning("closing the DLQ reader failed: %r", exc)
+
+    def _shutdown(self) -> None:
+        self._commit_pending()
+        self._close_consumer()
+        self._close_reader()
+        try:
+            self._sender.close()
+        except KafkaError as exc:
+            self._metrics.errors.labels(kind="dlq").inc()
+            log.warning("closing the DLQ producer failed: %r", exc)
+        self.update_store_gauges()
+        log.info(
+            "ingest stopped",
+            extra={
+                "processed": self.totals.processed,
+                "stored": self.totals.stored,
+                "duplicates": self.totals.duplicates,
+                "dead_letters": self.totals.dead_letters,
+            },
+        )
+
+
+class _BatchFailedError(Exception):
+    """A batch could not be made durable; `kind` names the error metric label."""
+
+    def __init__(self, kind: str, message: str, counted: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.counted = counted
