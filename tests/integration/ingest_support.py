@@ -48,6 +48,7 @@ def produce_mixed(
     bootstrap: str,
     topic: str,
     n_valid: int,
+    *,
     seed: int,
     duplicate_share: float = 0.05,
     malformed_per_kind: int = 4,
@@ -169,9 +170,7 @@ class DeadLetterRecord:
 
 def read_topic_all(bootstrap: str, topic: str, idle_ms: int = 3_000) -> list[Any]:
     """Every record of a topic from the beginning, until no record arrives for idle_ms."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in partitions]

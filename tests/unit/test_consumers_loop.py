@@ -1,0 +1,339 @@
+"""The ingest loop's ordering guarantees, with fake Kafka clients and a fake store.
+
+Fakes are fine here: this tests the loop's logic (what is committed when),
+while tests/integration runs the same loop against the real broker and databases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+from kafka.errors import CommitFailedError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from dispatchloop.consumers.deadletter import source_of
+from dispatchloop.consumers.loop import IngestLoop
+from dispatchloop.consumers.metrics import IngestMetrics
+from dispatchloop.events import DispatchOutcomeEvent
+from dispatchloop.replay.base import (
+    IncomingEvent,
+    ReplayStore,
+    StoreStats,
+    StoreUnavailableError,
+    TimeWindow,
+    WriteResult,
+)
+from dispatchloop.settings import Settings
+from dispatchloop.testing.events import encode, event_stream
+
+TOPIC = "events"
+TP = TopicPartition(TOPIC, 0)
+ALL = TimeWindow()
+
+
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class FakeConsumer:
+    def __init__(self, values: list[bytes], fail_commits: int = 0) -> None:
+        self.records = [Record(TOPIC, 0, i, b"k", v, []) for i, v in enumerate(values)]
+        self.next_offset = 0
+        self.committed: list[int] = []
+        self.seeks: list[int] = []
+        self.listener: Any = None
+        self.fail_commits = fail_commits
+        self.closed = False
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        if self.listener is not None:
+            self.listener.on_partitions_assigned([TP])
+            self.listener = None
+        chunk = self.records[self.next_offset : self.next_offset + min(max_records, 4)]
+        self.next_offset += len(chunk)
+        return {TP: chunk} if chunk else {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append(offset)
+        self.next_offset = offset
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise CommitFailedError("rebalanced")
+        self.committed.append(offsets[TP].offset)
+
+    def end_offsets(self, tps: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+        return {TP: len(self.records)}
+
+    def position(self, tp: TopicPartition, timeout_ms: int) -> int:
+        return self.next_offset
+
+    def close(self, autocommit: bool, timeout_ms: int) -> None:
+        self.closed = True
+
+
+class FakeFuture:
+    def __init__(self, ok: bool) -> None:
+        self.is_done = True
+        self.ok = ok
+
+    def succeeded(self) -> bool:
+        return self.ok
+
+
+class FakeDlq:
+    """The DLQ topic (one partition) with a producer that fails the first `failures` flushes."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.records: list[Record] = []
+        self.failures = failures
+        self.producers_made = 0
+
+    def producer(self) -> Any:
+        self.producers_made += 1
+        return _Producer(self)
+
+    def reader(self) -> Any:
+        return _Reader(self)
+
+
+class _Producer:
+    def __init__(self, dlq: FakeDlq) -> None:
+        self.dlq = dlq
+        self.failing = dlq.failures > 0
+        if self.failing:
+            dlq.failures -= 1
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def send(self, topic: str, value: bytes, key: bytes, headers: Any, partition: int) -> Any:
+        if self.failing:
+            return FakeFuture(False)
+        self.dlq.records.append(Record(topic, 0, len(self.dlq.records), key, value, headers))
+        return FakeFuture(True)
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+class _Reader:
+    def __init__(self, dlq: FakeDlq) -> None:
+        self.dlq = dlq
+        self.at = 0
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    def assign(self, tps: Any) -> None:
+        pass
+
+    def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tps[0]: 0}
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tps[0]: len(self.dlq.records)}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.at = offset
+
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+        chunk = self.dlq.records[self.at :]
+        self.at += len(chunk)
+        return {TopicPartition("events.dlq", 0): chunk} if chunk else {}
+
+    def close(self, autocommit: bool, timeout_ms: int) -> None:
+        pass
+
+
+class FakeStore(ReplayStore):
+    def __init__(self, failures: int = 0) -> None:
+        self.rows: dict[str, bytes] = {}
+        self.failures = failures
+
+    def write_batch(self, batch: Sequence[IncomingEvent]) -> WriteResult:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailableError("disk gone")
+        inserted = 0
+        for item in batch:
+            if str(item.event.event_id) not in self.rows:
+                self.rows[str(item.event.event_id)] = item.raw
+                inserted += 1
+        return WriteResult(inserted, len(batch) - inserted)
+
+    def stats(self) -> StoreStats:
+        return StoreStats(len(self.rows), 0, None, None, 1234)
+
+    def count_events(self, window: TimeWindow = ALL) -> int:
+        return len(self.rows)
+
+    def iter_events(self, window: TimeWindow = ALL, batch_size: int = 1_000) -> Any:
+        return iter(())
+
+    def episode_ids(self, window: TimeWindow = ALL) -> list[str]:
+        return []
+
+    def episode(self, episode_id: str) -> list[DispatchOutcomeEvent]:
+        return []
+
+    def raw_event(self, event_id: str) -> bytes | None:
+        return self.rows.get(event_id)
+
+    def apply_retention(
+        self, now: datetime, max_age: timedelta | None, max_events: int | None
+    ) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def values(n_valid: int, bad_at: Sequence[int]) -> list[bytes]:
+    out = [encode(e) for e in event_stream(3, n_valid)]
+    for index in sorted(bad_at):
+        out.insert(index, b'{"schema_version": 1, "broken')
+    return out
+
+
+def make_loop(
+    consumer: FakeConsumer, store: FakeStore, dlq: FakeDlq, registry: CollectorRegistry
+) -> IngestLoop:
+    settings = Settings(
+        kafka={"topic": TOPIC, "dlq_topic": "events.dlq"},
+        ingest={"reconnect_backoff_initial_s": 0.001, "reconnect_backoff_max_s": 0.002},
+    )
+
+    def consumer_factory(listener: Any) -> FakeConsumer:
+        consumer.listener = listener
+        return consumer
+
+    return IngestLoop(
+        settings,
+        store,
+        IngestMetrics(registry),
+        consumer_factory=consumer_factory,
+        producer_factory=dlq.producer,
+        reader_factory=dlq.reader,
+        rng=np.random.default_rng(0),
+    )
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_undeliverable_dead_letter_is_never_committed_past_then_delivered_once() -> None:
+    consumer = FakeConsumer(values(6, bad_at=[2]))
+    dlq, store, registry = FakeDlq(failures=4), FakeStore(), CollectorRegistry()
+    loop = make_loop(consumer, store, dlq, registry)
+    totals = loop.run(max_events=7)
+    # Batch one (offsets 0-3) holds the bad record: 3 in-place attempts fail, the batch is
+    # rewound, the 4th producer fails again, the 5th delivers.
+    assert consumer.seeks[:1] == [0]
+    assert consumer.committed[0] == 4  # the first commit comes only after delivery
+    assert consumer.committed[-1] == 7
+    assert [source_of(r.headers) for r in dlq.records] == [(TOPIC, 0, 2)]
+    assert dlq.records[0].value == b'{"schema_version": 1, "broken'
+    assert len(store.rows) == 6 and totals.dead_letters == 1
+    assert sample(registry, "dispatchloop_ingest_errors_total", kind="dlq") == 4
+    assert sample(registry, "dispatchloop_dead_letters_total", reason="invalid_json") == 1
+    assert dlq.producers_made == 5  # re-created after every failure
+
+
+def test_store_failure_rewinds_without_commit_and_counts_the_error() -> None:
+    consumer = FakeConsumer(values(8, bad_at=[]))
+    dlq, store, registry = FakeDlq(), FakeStore(failures=2), CollectorRegistry()
+    loop = make_loop(consumer, store, dlq, registry)
+    loop.run(max_events=8)
+    assert consumer.seeks == [0, 0]
+    assert consumer.committed == [4, 8]
+    assert len(store.rows) == 8
+    assert sample(registry, "dispatchloop_ingest_errors_total", kind="store") == 2
+    assert sample(registry, "dispatchloop_events_stored_total") == 8
+    assert sample(registry, "dispatchloop_events_duplicate_total") == 0
+
+
+def test_dead_letters_a_previous_run_delivered_are_not_sent_again() -> None:
+    raw = values(3, bad_at=[1])
+    dlq = FakeDlq()
+    first = FakeConsumer(raw)
+    make_loop(first, FakeStore(), dlq, CollectorRegistry()).run(max_events=4)
+    assert len(dlq.records) == 1
+    # A crash after the DLQ ack but before the commit: the next run starts at offset 0 again.
+    again, registry = FakeConsumer(raw), CollectorRegistry()
+    make_loop(again, FakeStore(), dlq, registry).run(max_events=4)
+    assert len(dlq.records) == 1
+    assert sample(registry, "dispatchloop_dead_letters_total", reason="invalid_json") == 0
+    assert again.committed == [4]
+
+
+def test_rejected_commit_is_counted_and_the_loop_carries_on() -> None:
+    consumer = FakeConsumer(values(8, bad_at=[]), fail_commits=1)
+    registry = CollectorRegistry()
+    totals = make_loop(consumer, FakeStore(), FakeDlq(), registry).run(max_events=8)
+    assert totals.processed == 8
+    assert consumer.committed == [8]
+    assert sample(registry, "dispatchloop_ingest_errors_total", kind="commit") == 1
+
+
+def test_max_events_stops_exactly_and_closes_the_consumer() -> None:
+    consumer = FakeConsumer(values(10, bad_at=[]))
+    totals = make_loop(consumer, FakeStore(), FakeDlq(), CollectorRegistry()).run(max_events=6)
+    assert totals.processed == 6 and consumer.committed[-1] == 6 and consumer.closed
+
+
+def test_unreachable_broker_is_retried_with_backoff() -> None:
+    consumer = FakeConsumer(values(2, bad_at=[]))
+    attempts = []
+
+    def flaky(listener: Any) -> FakeConsumer:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise KafkaTimeoutError("Unable to bootstrap")
+        consumer.listener = listener
+        return consumer
+
+    registry = CollectorRegistry()
+    loop = make_loop(consumer, FakeStore(), FakeDlq(), registry)
+    loop._consumer_factory = flaky
+    assert loop.run(max_events=2).processed == 2
+    assert len(attempts) == 3
+    assert sample(registry, "dispatchloop_ingest_errors_total", kind="broker") == 2
+    ready, detail = loop.health.readiness()
+    assert detail["store_reachable"] and not ready  # closed after the run: no longer joined
+
+
+@pytest.mark.parametrize("letters", [0, 2])
+def test_every_delivered_letter_names_reason_and_source(letters: int) -> None:
+    consumer = FakeConsumer(values(4, bad_at=list(range(letters))))
+    dlq = FakeDlq()
+    make_loop(consumer, FakeStore(), dlq, CollectorRegistry()).run(max_events=4 + letters)
+    assert [source_of(r.headers) for r in dlq.records] == [(TOPIC, 0, i) for i in range(letters)]
+    for record in dlq.records:
+        assert dict(record.headers)["dlq.reason"] == b"invalid_json"
+        assert [name for name, _ in record.headers] == [
+            "dlq.reason",
+            "dlq.detail",
+            "dlq.source.topic",
+            "dlq.source.partition",
+            "dlq.source.offset",
+        ]
