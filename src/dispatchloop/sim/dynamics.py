@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.special import ndtri
 
 from dispatchloop.rl.featurizer import SituationBatch, distance_km
 from dispatchloop.rl.reward import STATUS_CODES, outcome_rewards
@@ -92,30 +93,70 @@ def plan_row(batch: EpisodePlan, index: int) -> EpisodePlan:
     return EpisodePlan(**{name: getattr(batch, name)[index].copy() for name in PLAN_FIELDS})
 
 
-def put_plan(batch: EpisodePlan, index: int, plan: EpisodePlan) -> None:
-    """Overwrite plan `index` of a batch in place (autoreset)."""
-    for name in PLAN_FIELDS:
-        getattr(batch, name)[index] = getattr(plan, name)
+def draw_uniforms(scenario: Scenario, rng: np.random.Generator) -> F64:
+    """All randomness of one episode: one call to the env's Generator.
+
+    Drawing one flat vector per episode (and transforming many episodes' vectors
+    together in `plans_from_uniforms`) is what makes autoreset cheap in the
+    vector env; the layout below is part of the seed contract: keep it.
+    """
+    return rng.random(_layout(scenario.bookings_per_episode, scenario.n_drivers).size)
 
 
 def make_plan(scenario: Scenario, rng: np.random.Generator) -> EpisodePlan:
-    """Draw one episode. The order of draws is part of the seed contract: keep it."""
+    """Draw one episode from the env's Generator."""
+    return plan_row(plans_from_uniforms(scenario, draw_uniforms(scenario, rng)[None, :]), 0)
+
+
+class _Layout:
+    """Where each random quantity sits in an episode's uniform vector."""
+
+    def __init__(self, n_b: int, n_d: int) -> None:
+        sizes = {
+            "hour": n_b,
+            "second": n_b,
+            "lead": n_b,
+            "priority": n_b,
+            "pickup": 3 * n_b,  # point index, two jitter normals
+            "dropoff": 3 * n_b,
+            "available": n_b * n_d,
+            "equipped": n_d,  # a random order of drivers
+            "cancel": n_b,
+            "driver": 3 * n_d,
+            "free": n_d,
+        }
+        self.slices: dict[str, slice] = {}
+        offset = 0
+        for name, size in sizes.items():
+            self.slices[name] = slice(offset, offset + size)
+            offset += size
+        self.size = offset
+
+
+def _layout(n_b: int, n_d: int) -> _Layout:
+    return _Layout(n_b, n_d)
+
+
+def plans_from_uniforms(scenario: Scenario, uniforms: F64) -> EpisodePlan:
+    """Turn (N, layout.size) uniforms into N episode plans, all at once (inverse CDFs)."""
     arrays = scenario.arrays
-    n_b, n_d = scenario.bookings_per_episode, scenario.n_drivers
-    hours = rng.choice(24, size=n_b, p=arrays.hour_p)
-    decided = np.sort(np.round(hours * 3600.0 + rng.random(n_b) * 3600.0))
+    n, n_b, n_d = len(uniforms), scenario.bookings_per_episode, scenario.n_drivers
+    part = {name: uniforms[:, sl] for name, sl in _layout(n_b, n_d).slices.items()}
+    hours = _categorical(part["hour"], arrays.hour_p)
+    decided = np.sort(np.round(hours * 3600.0 + part["second"] * 3600.0), axis=1)
     decided = np.minimum(decided, 86_399.0)
-    lead_min = scenario.lead_time_min + rng.exponential(scenario.lead_time_mean_extra_min, n_b)
+    lead_min = scenario.lead_time_min + scenario.lead_time_mean_extra_min * -np.log1p(-part["lead"])
     window_start = decided + np.round(lead_min * 60.0)
     window_end = window_start + round(scenario.window_min * 60.0)
-    priority = rng.choice(3, size=n_b, p=arrays.priority_p).astype(np.int64) + 1
-    p_lat, p_lon = _resample(rng, arrays.pickups, n_b, scenario.location_jitter_km)
-    d_lat, d_lon = _resample(rng, arrays.dropoffs, n_b, scenario.location_jitter_km)
-    eligible = _eligibility(rng, scenario, priority)
-    cancel_u = rng.random(n_b)
-    f_lat, f_lon = _resample(rng, arrays.all_points, n_d, scenario.location_jitter_km)
-    offset_min = rng.uniform(-scenario.initial_busy_max_min, scenario.initial_busy_max_min, n_d)
-    free = decided[0] + np.round(offset_min * 60.0)
+    priority = _categorical(part["priority"], arrays.priority_p) + 1
+    jitter = scenario.location_jitter_km
+    p_lat, p_lon = _resample(part["pickup"].reshape(n, 3, n_b), arrays.pickups, jitter)
+    d_lat, d_lon = _resample(part["dropoff"].reshape(n, 3, n_b), arrays.dropoffs, jitter)
+    f_lat, f_lon = _resample(part["driver"].reshape(n, 3, n_d), arrays.all_points, jitter)
+    eligible = _eligibility(
+        part["available"].reshape(n, n_b, n_d), part["equipped"], scenario, priority
+    )
+    offset_min = scenario.initial_busy_max_min * (2.0 * part["free"] - 1.0)
     return EpisodePlan(
         decided_s=decided,
         window_start_s=window_start,
@@ -126,34 +167,46 @@ def make_plan(scenario: Scenario, rng: np.random.Generator) -> EpisodePlan:
         dropoff_lat=d_lat,
         dropoff_lon=d_lon,
         eligible=eligible,
-        cancel_u=cancel_u,
+        cancel_u=part["cancel"].copy(),
         driver_lat=f_lat,
         driver_lon=f_lon,
-        driver_free_s=free,
+        driver_free_s=decided[:, :1] + np.round(offset_min * 60.0),
     )
 
 
-def _resample(rng: np.random.Generator, points: F64, n: int, jitter_km: float) -> tuple[F64, F64]:
-    """Historical positions with Gaussian jitter (km converted to degrees locally)."""
-    chosen = points[rng.integers(0, len(points), n)]
-    noise = rng.normal(0.0, jitter_km, (n, 2))
-    lat = chosen[:, 0] + noise[:, 0] / KM_PER_DEG_LAT
-    lon = chosen[:, 1] + noise[:, 1] / (KM_PER_DEG_LAT * np.cos(np.radians(chosen[:, 0])))
+def _categorical(u: F64, p: F64) -> NDArray[np.int64]:
+    """Index i with probability p[i] (inverse CDF)."""
+    cdf = np.cumsum(p)
+    index = np.searchsorted(cdf, u * cdf[-1], side="right")
+    return np.asarray(np.minimum(index, len(p) - 1), dtype=np.int64)
+
+
+def _resample(u: F64, points: F64, jitter_km: float) -> tuple[F64, F64]:
+    """Historical positions with Gaussian jitter (km converted to degrees locally).
+
+    u has shape (N, 3, n): point choice, then two uniforms turned into normals.
+    """
+    chosen = points[np.minimum((u[:, 0] * len(points)).astype(np.int64), len(points) - 1)]
+    noise = jitter_km * ndtri(np.clip(u[:, 1:], 1e-12, 1.0 - 1e-12))
+    lat = chosen[..., 0] + noise[:, 0] / KM_PER_DEG_LAT
+    lon = chosen[..., 1] + noise[:, 1] / (KM_PER_DEG_LAT * np.cos(np.radians(chosen[..., 0])))
     return np.clip(lat, -89.0, 89.0), np.clip(lon, -179.0, 179.0)
 
 
 def _eligibility(
-    rng: np.random.Generator, scenario: Scenario, priority: NDArray[np.int64]
+    u_available: F64, u_order: F64, scenario: Scenario, priority: NDArray[np.int64]
 ) -> NDArray[np.bool_]:
     """Random unavailability plus the vehicle rule; never a booking without a driver."""
-    n_b, n_d = scenario.bookings_per_episode, scenario.n_drivers
-    available = rng.random((n_b, n_d)) >= scenario.unavailable_prob
-    order = rng.permutation(n_d)
-    equipped = np.zeros(n_d, dtype=np.bool_)
-    equipped[order[: max(1, round(scenario.equipped_share * n_d))]] = True
-    eligible = available & ((priority[:, None] < 3) | equipped[None, :])
-    eligible[~eligible.any(axis=1), order[0]] = True  # order[0] is always equipped
-    return eligible
+    n_d = u_available.shape[2]
+    available = u_available >= scenario.unavailable_prob
+    order = np.argsort(u_order, axis=1)
+    rank = np.argsort(order, axis=1)
+    equipped = rank < max(1, round(scenario.equipped_share * n_d))  # (N, D)
+    eligible = available & ((priority[:, :, None] < 3) | equipped[:, None, :])
+    stranded = ~eligible.any(axis=2)  # (N, B)
+    first = order[:, 0]  # always equipped
+    eligible[stranded, first[np.nonzero(stranded)[0]]] = True
+    return np.asarray(eligible, dtype=np.bool_)
 
 
 class FleetState(NamedTuple):
