@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 Objective = Callable[[optuna.Trial], float]
 BUDGET_REASON_ATTR = "dispatchloop.fail_reason"
 NON_FINITE_ATTR = "dispatchloop.diverged"
+WORKER_ATTR = "dispatchloop.worker"
+"""host:pid of the process that ran the trial (operators: who ran what; tests: sharing)."""
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -119,6 +123,7 @@ def _guarded(objective: Objective, n_trials: int | None) -> Objective:
         if n_trials is not None and _live_before(trial) >= n_trials:
             trial.set_user_attr(BUDGET_REASON_ATTR, "trial budget already claimed by other workers")
             raise BudgetSpentError(f"study budget of {n_trials} trials is claimed")
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         value = objective(trial)
         if not math.isfinite(value):
             trial.set_user_attr(NON_FINITE_ATTR, f"objective returned {value}")
