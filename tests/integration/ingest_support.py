@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,15 @@ def read_dlq(bootstrap: str, dlq_topic: str) -> list[DeadLetterRecord]:
 
 def expected_reasons(stream: MixedStream) -> Counter[str]:
     return Counter(reason for _, reason in stream.invalid)
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2
+) -> None:
+    """Poll `predicate` until true; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")

@@ -1,0 +1,94 @@
+"""The real `dispatchloop ingest` process against the real broker and both store backends:
+SIGKILLed at random moments and restarted, it must end with every valid event stored once
+and every invalid record in the DLQ once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ingest_support import (
+    create_topic,
+    ingest_env,
+    log_lines,
+    produce_mixed,
+    read_dlq,
+    start_ingest,
+    stop,
+    wait_until,
+)
+
+from dispatchloop.replay import open_store
+from dispatchloop.testing.events import MALFORMED_KINDS
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_VALID = 10_000
+KILLS = 3
+
+
+def stored_ids(store_url: str) -> tuple[int, set[str]]:
+    store = open_store(store_url)
+    try:
+        return store.count_events(), {str(e.event_id) for e in store.iter_events()}
+    finally:
+        store.close()
+
+
+def processed_so_far(store_url: str) -> int:
+    store = open_store(store_url)
+    try:
+        return store.count_events()
+    finally:
+        store.close()
+
+
+def test_sigkill_at_random_moments_loses_and_doubles_nothing(
+    kafka_bootstrap: str, topic_name: str, store_url: str, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(20261123)
+    create_topic(kafka_bootstrap, topic_name, 3)
+    create_topic(kafka_bootstrap, f"{topic_name}.dlq", 3)
+    stream = produce_mixed(kafka_bootstrap, topic_name, N_VALID, seed=11, malformed_per_kind=6)
+    env = ingest_env(kafka_bootstrap, topic_name, store_url, f"g-{topic_name}")
+    log_path = tmp_path / "ingest.log"
+    processed_at_kill = []
+    for kill in range(KILLS):
+        process = start_ingest(env, log_path)
+        joined = sum(1 for line in log_lines(log_path) if line["msg"] == "partitions assigned")
+        wait_until(
+            lambda joined=joined: (
+                sum(1 for line in log_lines(log_path) if line["msg"] == "partitions assigned")
+                > joined
+            ),
+            timeout_s=60,
+            what="the consumer to join",
+        )
+        time.sleep(float(rng.uniform(0.2, 1.2)))
+        assert stop(process, signal.SIGKILL) == -signal.SIGKILL, f"kill {kill} came too late"
+        processed_at_kill.append(processed_so_far(store_url))
+    # The kills happened while there was work left: the store was not complete at any kill.
+    assert min(processed_at_kill) < N_VALID
+    final = start_ingest(env, log_path, "--idle-exit", "6")
+    out, _ = final.communicate(timeout=240)
+    assert final.returncode == 0, log_path.read_text()[-2_000:]
+    summary = json.loads(out)
+    assert summary["processed"] > 0
+
+    count, ids = stored_ids(store_url)
+    assert count == N_VALID
+    assert ids == stream.valid_ids
+
+    dead = read_dlq(kafka_bootstrap, f"{topic_name}.dlq")
+    assert Counter(d.value for d in dead) == Counter(value for value, _ in stream.invalid)
+    assert Counter(d.reason for d in dead) == Counter({kind: 6 for kind in MALFORMED_KINDS})
+    for letter in dead:
+        assert letter.source is not None and letter.source[0] == topic_name
+        assert letter.headers["dlq.detail"]
+    sources = [d.source for d in dead]
+    assert len(set(sources)) == len(sources)
