@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,6 +53,8 @@ class EpisodePlan:
     """One episode drawn in advance: B bookings, D drivers (arrays, times in seconds).
 
     With a leading axis (N, B) / (N, D) the same class holds a batch of plans.
+    `DispatchEnv.plan` also attaches the scenario and reward weights, so a
+    planner given the plan can replay decisions exactly.
     """
 
     decided_s: F64  # (B,) sorted decision times
@@ -68,6 +70,8 @@ class EpisodePlan:
     driver_lat: F64  # (D,) initial positions
     driver_lon: F64
     driver_free_s: F64  # (D,) when each driver finishes its initial job
+    scenario: Scenario | None = None  # the world rules, attached by DispatchEnv.plan
+    reward: RewardSettings | None = None
 
     @property
     def n_bookings(self) -> int:
@@ -78,19 +82,23 @@ class EpisodePlan:
         return int(self.driver_lat.shape[-1])
 
 
-PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(EpisodePlan))
+PLAN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(EpisodePlan) if f.name not in ("scenario", "reward")
+)
 
 
 def stack_plans(plans: list[EpisodePlan]) -> EpisodePlan:
     """A batch of plans (leading axis N) from single plans."""
-    return EpisodePlan(
-        **{name: np.stack([getattr(p, name) for p in plans]) for name in PLAN_FIELDS}
-    )
+    arrays: dict[str, Any] = {
+        name: np.stack([getattr(p, name) for p in plans]) for name in PLAN_FIELDS
+    }
+    return EpisodePlan(**arrays)
 
 
 def plan_row(batch: EpisodePlan, index: int) -> EpisodePlan:
     """Plan `index` of a batch (copies, so the batch may be overwritten later)."""
-    return EpisodePlan(**{name: getattr(batch, name)[index].copy() for name in PLAN_FIELDS})
+    arrays: dict[str, Any] = {name: getattr(batch, name)[index].copy() for name in PLAN_FIELDS}
+    return EpisodePlan(**arrays)
 
 
 def draw_uniforms(scenario: Scenario, rng: np.random.Generator) -> F64:

@@ -9,6 +9,7 @@ ValueError: policies must respect the mask.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -154,7 +155,7 @@ class DispatchEnv(gym.Env[Observation, np.int64]):
         """The current episode, known in advance (for the hindsight planner and event logging)."""
         if self._plan is None:
             raise RuntimeError("call reset() first")
-        return self._plan
+        return dataclasses.replace(self._plan, scenario=self.scenario, reward=self.reward_settings)
 
     @property
     def step_index(self) -> int:

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from dispatchloop.rl.featurizer import CANDIDATE_FEATURES
 from dispatchloop.sim.dynamics import EpisodePlan
+from dispatchloop.sim.planning import plan_sequence
 
 Observation = dict[str, NDArray[Any]]
 ETA_COLUMN = CANDIDATE_FEATURES.index("eta_h")
@@ -89,3 +90,54 @@ def masked_choice_is_valid(obs: Observation, actions: NDArray[np.int64]) -> bool
     """True when every action points at an eligible row (used in tests and asserts)."""
     mask = obs["action_mask"]
     return bool(np.all(mask[np.arange(len(actions)), actions] == 1))
+
+
+class HindsightPolicy:
+    """A planner that knows the whole episode in advance: a strong reference, not an optimum.
+
+    Given the episode (bookings, fleet, even the cancellation dice) it replays
+    assignment sequences exactly with the simulator's own physics and keeps the
+    best it finds:
+
+    1. greedy (earliest ETA) and a rolling-horizon matching: at each booking, the
+       next `lookahead` bookings are matched to drivers by min-cost assignment
+       (scipy's linear_sum_assignment on the exact one-step cost) and the current
+       booking takes its matched driver;
+    2. then local search: every single reassignment (booking k → another eligible
+       driver) is replayed in one batch, the best improvement kept, for up to
+       `improve_passes` passes.
+
+    Because greedy is one of the starting points and replays are exact, its
+    episode return is never below greedy's. The true optimum (a scheduling MILP
+    over all orders of queued jobs) is not attempted; DQN can in principle beat it.
+    """
+
+    name = "hindsight"
+    needs_plan = True
+
+    def __init__(self, lookahead: int = 4, improve_passes: int = 4) -> None:
+        self.lookahead = lookahead
+        self.improve_passes = improve_passes
+        self._sequence: NDArray[np.int64] | None = None
+        self._next = 0
+
+    def begin_episode(self, plan: EpisodePlan) -> None:
+        if plan.scenario is None or plan.reward is None:
+            raise ValueError("the hindsight planner needs DispatchEnv.plan (with scenario, reward)")
+        self._sequence = plan_sequence(plan, self.lookahead, self.improve_passes)
+        self._next = 0
+
+    def act(self, obs: Observation) -> int:
+        if self._sequence is None or self._next >= len(self._sequence):
+            raise RuntimeError("call begin_episode(env.plan) at the start of every episode")
+        action = int(self._sequence[self._next])
+        self._next += 1
+        if obs["action_mask"][action] != 1:
+            raise RuntimeError("the observation does not belong to the planned episode")
+        return action
+
+    def act_batch(self, obs: Observation) -> NDArray[np.int64]:
+        """Only one episode is planned at a time: a batch must hold exactly one row."""
+        if obs["action_mask"].shape[0] != 1:
+            raise ValueError("HindsightPolicy plans one episode: use act() per env")
+        return np.array([self.act({key: value[0] for key, value in obs.items()})])
