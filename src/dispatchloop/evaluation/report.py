@@ -216,7 +216,7 @@ def _interval_json(interval: Interval) -> list[float]:
 
 def render_table(report: EvaluationReport) -> str:
     """A fixed-width table for people; the same figures as `to_json`."""
-    guardrail_names = sorted({g for p in report.policies.values() for g in p.guardrails})
+    guardrail_names = list(dict.fromkeys(g for p in report.policies.values() for g in p.guardrails))
     pct = round(report.confidence * 100)
     header = [
         "policy",
