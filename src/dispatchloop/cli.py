@@ -125,6 +125,71 @@ def ingest(
 
 # --- simulator commands (sim/) ---
 
+
+@app.command("simulate")
+def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
+    ctx: typer.Context,
+    events: Annotated[int, typer.Option("--events", min=1, help="Events to produce.")] = 1_000,
+    rate: Annotated[
+        float, typer.Option("--rate", min=0.0, help="Events per second; 0 = as fast as possible.")
+    ] = 0.0,
+    policy: Annotated[
+        str,
+        typer.Option(help="Dispatcher: greedy, random, hindsight, or a trained model directory."),
+    ] = "greedy",
+    epsilon: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Chance of a uniformly random eligible driver."),
+    ] = 0.0,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed; the same seed gives the same events.")
+    ] = None,
+    scenario: Annotated[
+        Path | None, typer.Option(help="Scenario JSON file (default: the built-in scenario).")
+    ] = None,
+    company_id: Annotated[str, typer.Option(help="company_id of the events.")] = "sim",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Act as a dispatch system: simulate decisions and produce their outcome events to Kafka."""
+    import secrets  # noqa: PLC0415 - keep `--help` fast
+
+    from dispatchloop.logs import configure_logging  # noqa: PLC0415
+    from dispatchloop.sim.producer import (  # noqa: PLC0415
+        ProduceError,
+        SimulateInputError,
+        simulate_to_kafka,
+    )
+
+    settings = settings_of(ctx)
+    configure_logging(settings)
+    if seed is None:
+        seed = secrets.randbits(31)
+        typer.echo(f"dispatchloop: simulate seed {seed}", err=True)
+    try:
+        summary = simulate_to_kafka(
+            settings,
+            n_events=events,
+            rate=rate,
+            policy=policy,
+            epsilon=epsilon,
+            seed=seed,
+            scenario_path=scenario,
+            company_id=company_id,
+        )
+    except SimulateInputError as exc:
+        raise fail_config(f"{exc}.") from None
+    except ProduceError as exc:
+        typer.echo(f"dispatchloop: simulate failed: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILURE) from None
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"produced {summary['events']} events to {summary['topic']} "
+            f"({summary['policy']}, seed {seed}) in {summary['seconds']} s"
+        )
+
+
 # --- training commands (rl/) ---
 
 # --- evaluation commands (evaluation/) ---
