@@ -142,7 +142,7 @@ def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
         typer.Option(min=0.0, max=1.0, help="Chance of a uniformly random eligible driver."),
     ] = 0.0,
     seed: Annotated[
-        int | None, typer.Option(help="Seed; the same seed gives the same events.")
+        int | None, typer.Option(help="Seed (default: random); the same seed, the same events.")
     ] = None,
     scenario: Annotated[
         Path | None, typer.Option(help="Scenario JSON file (default: the built-in scenario).")
@@ -163,8 +163,7 @@ def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
     settings = settings_of(ctx)
     configure_logging(settings)
     if seed is None:
-        seed = secrets.randbits(31)
-        typer.echo(f"dispatchloop: simulate seed {seed}", err=True)
+        seed = secrets.randbits(31)  # reported in the summary, so the run can be repeated
     try:
         summary = simulate_to_kafka(
             settings,
