@@ -7,13 +7,29 @@ backends with a fresh database per test, as Optuna's pytest_storages does.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
-from dispatchloop.replay import IncomingEvent, ReplayStore, open_store
+from dispatchloop.replay import (
+    IncomingEvent,
+    ReplayStore,
+    StoreMissingError,
+    StoreUnavailableError,
+    TimeWindow,
+    open_store,
+    sql_store,
+)
+from dispatchloop.replay.migrate import current_revision, head_revision
+from dispatchloop.replay.sql_store import SqlReplayStore
+from dispatchloop.replay.transitions import TransitionCounts, iter_transitions
 from dispatchloop.testing.events import encode, event_stream
 
 pytestmark = pytest.mark.integration
@@ -81,3 +97,247 @@ def test_first_stored_copy_wins(store: ReplayStore) -> None:
 def test_empty_batch_is_a_no_op(store: ReplayStore) -> None:
     assert tuple(store.write_batch([])) == (0, 0)
     assert store.count_events() == 0
+
+
+# --- raw bytes ----------------------------------------------------------------------------
+
+
+def test_raw_bytes_are_kept_exactly_with_unknown_fields(store: ReplayStore) -> None:
+    event = next(event_stream(6, 1))
+    event["x_vendor"] = {"note": "Genève ✓", "nested": [1, 2.50, None]}
+    raw = json.dumps(event, indent=3, ensure_ascii=False).encode()  # not compact, not ASCII
+    store.write_batch([incoming(raw)])
+    assert store.raw_event(event["event_id"]) == raw
+    assert store.raw_event("0b6f1c2e-6d0a-4a53-9d84-2f0f6c3f5a10") is None
+    assert store.raw_event("not-a-uuid") is None
+
+
+# --- stats, counts, windows --------------------------------------------------------------
+
+START = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+
+
+def test_stats_of_empty_and_filled_store(store: ReplayStore) -> None:
+    empty = store.stats()
+    assert (empty.events, empty.episodes, empty.first_decided_at) == (0, 0, None)
+    store.write_batch(make_batch(7, 45, steps_per_episode=10))
+    stats = store.stats()
+    assert (stats.events, stats.episodes) == (45, 5)
+    assert stats.first_decided_at == START
+    assert stats.last_decided_at == START + timedelta(minutes=3 * 44)
+    assert stats.first_decided_at is not None and stats.first_decided_at.utcoffset() == timedelta(0)
+    assert stats.size_bytes is not None and stats.size_bytes > 45 * 1_000
+
+
+def test_windows_are_half_open(store: ReplayStore) -> None:
+    store.write_batch(make_batch(8, 20))  # decided 3 minutes apart from START
+    at = [START + timedelta(minutes=3 * i) for i in range(20)]
+    assert store.count_events(TimeWindow(at[5], at[10])) == 5
+    assert store.count_events(TimeWindow(start=at[5])) == 15
+    assert store.count_events(TimeWindow(end=at[5])) == 5
+    assert store.count_events(TimeWindow(at[5], at[5])) == 0
+    assert store.count_events(TimeWindow(at[5], at[5] + timedelta(microseconds=1))) == 1
+
+
+def test_offset_timestamps_are_stored_as_the_same_instant(store: ReplayStore) -> None:
+    event = next(event_stream(9, 1))
+    event["decided_at"] = "2026-11-23T08:00:00.000250+02:00"  # 06:00:00.000250Z
+    store.write_batch([incoming(encode(event))])
+    instant = datetime(2026, 11, 23, 6, 0, 0, 250, tzinfo=UTC)
+    assert store.count_events(TimeWindow(instant, instant + timedelta(microseconds=1))) == 1
+    assert store.stats().first_decided_at == instant
+
+
+def test_iter_events_orders_by_decided_at_episode_step(store: ReplayStore) -> None:
+    # Two streams decided at the same instants: ties broken by episode_id, then step.
+    batch = make_batch(11, 25, steps_per_episode=4) + make_batch(10, 25, steps_per_episode=4)
+    store.write_batch(batch)
+    got = [(e.decided_at, e.episode_id, e.step) for e in store.iter_events(batch_size=7)]
+    assert got == sorted((i.event.decided_at, i.event.episode_id, i.event.step) for i in batch)
+    window = TimeWindow(START + timedelta(minutes=30), START + timedelta(minutes=60))
+    in_window = list(store.iter_events(window, batch_size=3))
+    assert len(in_window) == 20
+    assert all(window.start <= e.decided_at < window.end for e in in_window)  # type: ignore[operator]
+
+
+def test_episode_returns_steps_in_order(store: ReplayStore) -> None:
+    batch = make_batch(12, 12, steps_per_episode=6)
+    store.write_batch(list(reversed(batch)))  # stored newest first
+    episode_id = batch[0].event.episode_id
+    assert [e.step for e in store.episode(episode_id)] == [0, 1, 2, 3, 4, 5]
+    assert store.episode("no-such-episode") == []
+
+
+def test_episode_ids_oldest_first_within_window(store: ReplayStore) -> None:
+    batch = make_batch(13, 30, steps_per_episode=10)
+    store.write_batch(list(reversed(batch)))
+    ids = [f"acme-medical/ep-13-{n}" for n in range(3)]
+    assert store.episode_ids() == ids
+    # Steps 8..11 span episodes 0 and 1 (3 minutes apart from START).
+    window = TimeWindow(START + timedelta(minutes=24), START + timedelta(minutes=36))
+    assert store.episode_ids(window) == ids[:2]
+
+
+# --- transitions --------------------------------------------------------------------------
+
+
+def test_transitions_link_consecutive_steps_and_end_episodes(store: ReplayStore) -> None:
+    store.write_batch(make_batch(14, 8, steps_per_episode=4))
+    counts = TransitionCounts()
+    transitions = list(iter_transitions(store, counts=counts))
+    assert len(transitions) == 8
+    assert [(t.event.step, t.done) for t in transitions[:4]] == [
+        (0, False),
+        (1, False),
+        (2, False),
+        (3, True),
+    ]
+    for transition in transitions:
+        if transition.done:
+            assert transition.next_event is None
+        else:
+            assert transition.next_event is not None
+            assert transition.next_event.step == transition.event.step + 1
+            assert transition.next_event.episode_id == transition.event.episode_id
+    assert (counts.episodes, counts.transitions, counts.gaps) == (2, 8, 0)
+
+
+def test_a_gap_in_steps_truncates_the_trajectory(store: ReplayStore) -> None:
+    batch = make_batch(15, 6, steps_per_episode=6)
+    store.write_batch(batch[:2] + batch[3:])  # step 2 missing
+    counts = TransitionCounts()
+    got = [
+        (t.event.step, None if t.next_event is None else t.next_event.step, t.done)
+        for t in iter_transitions(store, counts=counts)
+    ]
+    assert got == [(0, 1, False), (1, None, False), (3, 4, False), (4, 5, False), (5, None, True)]
+    assert counts.gaps == 1
+
+
+def test_a_repeated_step_is_used_once_and_counted(store: ReplayStore) -> None:
+    batch = make_batch(16, 3, steps_per_episode=3)
+    again = json.loads(batch[1].raw)
+    again["event_id"] = "6f1c2e0b-6d0a-4a53-9d84-2f0f6c3f5a10"  # same step, another event
+    store.write_batch([*batch, incoming(encode(again))])
+    counts = TransitionCounts()
+    steps = [t.event.step for t in iter_transitions(store, counts=counts)]
+    assert steps == [0, 1, 2]
+    assert counts.duplicate_steps == 1
+
+
+def test_transitions_in_a_window_keep_the_true_next_step(store: ReplayStore) -> None:
+    store.write_batch(make_batch(17, 5, steps_per_episode=5))
+    window = TimeWindow(START + timedelta(minutes=3), START + timedelta(minutes=9))  # steps 1, 2
+    got = [
+        (t.event.step, t.next_event and t.next_event.step) for t in iter_transitions(store, window)
+    ]
+    assert got == [(1, 2), (2, 3)]
+
+
+# --- retention ----------------------------------------------------------------------------
+
+
+def test_retention_by_age_deletes_only_older_events(store: ReplayStore) -> None:
+    store.write_batch(make_batch(18, 40))
+    now = START + timedelta(minutes=3 * 40)
+    deleted = store.apply_retention(now, max_age=timedelta(minutes=3 * 15), max_events=None)
+    assert deleted == 25
+    assert store.count_events() == 15
+    assert store.stats().first_decided_at == now - timedelta(minutes=3 * 15)
+    assert store.apply_retention(now, max_age=timedelta(minutes=3 * 15), max_events=None) == 0
+
+
+def test_retention_by_count_keeps_the_newest(store: ReplayStore, monkeypatch: Any) -> None:
+    monkeypatch.setattr(sql_store, "RETENTION_CHUNK", 4)  # several chunks
+    batch = make_batch(19, 30)
+    store.write_batch(batch)
+    deleted = store.apply_retention(START, max_age=None, max_events=11)
+    assert deleted == 19
+    kept = [e.event_id for e in store.iter_events()]
+    assert kept == [i.event.event_id for i in batch[19:]]
+    assert store.apply_retention(START, max_age=None, max_events=11) == 0
+
+
+# --- durability, migrations, atomicity, failures -------------------------------------------
+
+
+def test_reopening_keeps_data_and_migrations_are_idempotent(store_url: str) -> None:
+    batch = make_batch(20, 25)
+    first = open_store(store_url)
+    first.write_batch(batch)
+    first.close()
+    for _ in range(2):
+        reopened = open_store(store_url)
+        try:
+            assert reopened.count_events() == 25
+            assert reopened.write_batch(batch).duplicates == 25
+            assert isinstance(reopened, SqlReplayStore)
+            with reopened.engine.connect() as conn:
+                assert current_revision(conn) == head_revision()
+        finally:
+            reopened.close()
+
+
+def test_a_batch_failing_midway_stores_nothing(store: ReplayStore) -> None:
+    batch = make_batch(21, 30)
+    broken = [*batch[:20], IncomingEvent(batch[20].event, None), *batch[21:]]  # type: ignore[arg-type]
+    with pytest.raises(sa.exc.IntegrityError):
+        store.write_batch(broken)
+    assert store.count_events() == 0
+    assert store.write_batch(batch) == (30, 0)
+
+
+def test_sigkill_after_acknowledged_batches_loses_nothing(store_url: str, tmp_path: Path) -> None:
+    """A writer killed -9 mid-stream keeps every acknowledged batch and no partial one."""
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER_SCRIPT)
+    writer = subprocess.Popen(
+        [sys.executable, str(script), store_url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None
+        acknowledged = [writer.stdout.readline() for _ in range(3)]
+        assert all(line.startswith("ok") for line in acknowledged), acknowledged
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    reopened = open_store(store_url)
+    try:
+        count = reopened.count_events()
+        assert count >= 3 * 200
+        assert count % 200 == 0  # whole batches only
+    finally:
+        reopened.close()
+
+
+WRITER_SCRIPT = """
+import sys
+from dispatchloop.events import parse_outcome
+from dispatchloop.replay import IncomingEvent, open_store
+from dispatchloop.testing.events import encode, event_stream
+
+store = open_store(sys.argv[1])
+batch = []
+for event in event_stream(22, 20_000):
+    raw = encode(event)
+    batch.append(IncomingEvent(parse_outcome(raw, 65_536), raw))
+    if len(batch) == 200:
+        store.write_batch(batch)
+        print("ok", flush=True)
+        batch = []
+"""
+
+
+def test_unreachable_postgresql_is_store_unavailable() -> None:
+    with pytest.raises(StoreUnavailableError, match=r"Cannot open the replay store .*refused"):
+        open_store("postgresql+psycopg://postgres@127.0.0.1:1/x")
+
+
+def test_missing_store_is_not_created_without_create(tmp_path: Path) -> None:
+    path = tmp_path / "absent" / "replay.db"
+    with pytest.raises(StoreMissingError, match="no replay store"):
+        open_store(f"sqlite:///{path}", create=False)
+    assert not path.parent.exists()
+    created = open_store(f"sqlite:///{path}")
+    created.close()
+    assert path.is_file()

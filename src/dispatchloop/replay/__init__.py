@@ -11,11 +11,12 @@ from dispatchloop.replay.base import (
     TimeWindow,
     WriteResult,
 )
-from dispatchloop.replay.engine import open_store
+from dispatchloop.replay.engine import StoreMissingError, open_store
 
 __all__ = [
     "IncomingEvent",
     "ReplayStore",
+    "StoreMissingError",
     "StoreStats",
     "StoreUnavailableError",
     "TimeWindow",

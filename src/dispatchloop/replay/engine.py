@@ -28,6 +28,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
 
 
+class StoreMissingError(StoreUnavailableError):
+    """`open_store(create=False)` found no store at the URL (reachable, but never created)."""
+
+
 def open_store(url: str, *, create: bool = True) -> ReplayStore:
     """Open (and with `create`, create) the store at `url` and migrate it to head.
 
@@ -71,7 +75,7 @@ def _parse_url(url: str) -> URL:
 def _require_existing(engine: sa.Engine, description: str) -> None:
     with engine.connect() as conn:
         if current_revision(conn) is None:
-            raise StoreUnavailableError(
+            raise StoreMissingError(
                 f"There is no replay store at {description} yet (nothing ingested, "
                 "or a wrong store URL)."
             )
@@ -93,7 +97,7 @@ def _sqlite_engine(url: URL, create: bool, description: str) -> sa.Engine:
 def _prepare_sqlite_path(path: Path, create: bool, description: str) -> None:
     if not create:
         if not path.is_file():
-            raise StoreUnavailableError(
+            raise StoreMissingError(
                 f"There is no replay store at {description} yet (nothing ingested, "
                 "or a wrong store URL)."
             )
