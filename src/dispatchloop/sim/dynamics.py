@@ -27,6 +27,7 @@ rounded after every computation so that logged timestamps reproduce them exactly
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -141,6 +142,7 @@ class _Layout:
         self.size = offset
 
 
+@functools.lru_cache(maxsize=64)
 def _layout(n_b: int, n_d: int) -> _Layout:
     return _Layout(n_b, n_d)
 
