@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -19,7 +20,7 @@ from dispatchloop.evaluation.paired import FloatArray
 from dispatchloop.evaluation.policies import EvaluationInputError, EvaluationRequest, load_q_network
 from dispatchloop.evaluation.report import RETURN, EvaluationReport, PolicyRuns, build_report
 from dispatchloop.progress import Progress, progress
-from dispatchloop.rl.networks import QNetwork
+from dispatchloop.rl.networks import FlatQNetwork, QNetwork
 
 _LOG = logging.getLogger(__name__)
 
@@ -102,6 +103,27 @@ def _episode_return(env: gym.Env[Any, Any], actor: GymActor, seed: int) -> float
     return total
 
 
+def model_gym_actor(model_dir: Path, env_id: str) -> GymActor:
+    """The greedy actor of a model directory, refused unless it fits `env_id`'s spaces."""
+    network = load_q_network(model_dir)
+    if not isinstance(network, FlatQNetwork):
+        raise EvaluationInputError(
+            f"model {str(model_dir)!r} scores dispatch candidates; it cannot play {env_id}"
+        )
+    env = make_env(env_id)
+    try:
+        obs_dim = int(np.prod(env.observation_space.shape or (0,)))
+        shape = (obs_dim, n_actions(env))
+    finally:
+        env.close()
+    if (network.obs_dim, network.n_actions) != shape:
+        raise EvaluationInputError(
+            f"model {str(model_dir)!r} expects {network.obs_dim} inputs and "
+            f"{network.n_actions} actions; {env_id} has {shape[0]} and {shape[1]}"
+        )
+    return q_network_gym_actor(network)
+
+
 def evaluate_gym(
     request: EvaluationRequest, env_id: str, show_bar: bool | None = None
 ) -> EvaluationReport:
@@ -109,7 +131,7 @@ def evaluate_gym(
     seeds = request.seeds
     actors = {
         spec.name: (
-            q_network_gym_actor(load_q_network(spec.model_dir))
+            model_gym_actor(spec.model_dir, env_id)
             if spec.model_dir is not None
             else random_gym_actor(request.seed)
         )
