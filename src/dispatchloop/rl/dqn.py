@@ -1,0 +1,472 @@
+"""DQN for dispatch, all in one place: Double DQN, dueling, n-step, masks, CQL offline.
+
+Read it top to bottom like CleanRL's dqn.py:
+
+1. `dqn_loss` — the TD target and loss: r + gamma**n * Q_target(s', argmax_a' Q(s', a'))
+   over *eligible* a' only (masked max), Huber loss, plus the conservative (CQL)
+   penalty `logsumexp_eligible Q(s, .) - Q(s, a_logged)` when training from logs.
+2. `Learner.update` — one gradient step: loss, backward, clip by global norm,
+   Adam, divergence check, target update (hard copy when tau == 1, else Polyak).
+3. `_train_online` — epsilon-greedy over eligible actions in a vector env
+   (linear epsilon schedule), n-step transitions into the replay buffer,
+   `gradient_steps` updates every `train_frequency` env steps after
+   `learning_starts`, callbacks after every vector step.
+4. Entry points: `train_dispatch` (simulator), `train_offline` (logged data),
+   `train_gym` (any Gymnasium env with Box observations and Discrete actions).
+
+Divergence — a NaN/inf loss, gradient or Q-value, or |Q| beyond
+`Q_DIVERGENCE_LIMIT` — raises `TrainingDivergedError`; such a network is never
+returned, so it can never be saved or promoted.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from dispatchloop.rl.buffer import ArrayObs, NStepAccumulator, ReplayBatch, ReplayBuffer
+from dispatchloop.rl.callbacks import TrainingCallback, TrainingContext
+from dispatchloop.rl.hyperparams import DQNConfig
+from dispatchloop.rl.networks import CandidateQNetwork, FlatQNetwork, QNetwork
+from dispatchloop.rl.policy import DQNPolicy
+from dispatchloop.settings import RewardSettings
+from dispatchloop.sim.scenario import Scenario
+from dispatchloop.sim.vector import VecDispatchEnv
+
+if TYPE_CHECKING:
+    from dispatchloop.rl.logged import LoggedDataset
+
+logger = logging.getLogger(__name__)
+
+Q_DIVERGENCE_LIMIT = 1.0e6
+"""|Q| beyond this is divergence: rewards are bounded per step (a dispatch step costs at
+most a few hundred, CartPole pays 1), so with gamma < 1 sane Q-values stay far below it."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training produced NaN/inf or exploding values; the network must not be used."""
+
+
+class TrainResult(NamedTuple):
+    q_network: QNetwork
+    env_steps: int
+    gradient_steps: int
+    final_loss: float
+    wall_seconds: float
+
+
+# --- 1. the loss -------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def td_targets(
+    q_network: QNetwork, target_network: QNetwork, batch: ReplayBatch, double_q: bool
+) -> torch.Tensor:
+    """r + gamma**k * (1 - done) * Q_target(s', a*), a* the best *eligible* action in s'."""
+    next_target = target_network.q_values(batch.next_observations, batch.next_masks)
+    if double_q:  # online network picks a', target network scores it
+        next_online = q_network.q_values(batch.next_observations, batch.next_masks)
+        next_action = next_online.argmax(dim=1, keepdim=True)
+        next_q = next_target.gather(1, next_action).squeeze(1)
+    else:
+        next_q = next_target.max(dim=1).values
+    # A bootstrap state where nothing is eligible has no value to bootstrap from.
+    next_q = torch.where(batch.next_masks.any(dim=1), next_q, torch.zeros_like(next_q))
+    return batch.rewards + batch.discounts * (1.0 - batch.dones) * next_q
+
+
+def dqn_loss(
+    q_network: QNetwork,
+    target_network: QNetwork,
+    batch: ReplayBatch,
+    double_q: bool,
+    cql_alpha: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Huber TD loss (+ CQL penalty); returns (loss, Q of the taken actions)."""
+    q_all = q_network.q_values(batch.observations, batch.masks)
+    q_taken = q_all.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+    target = td_targets(q_network, target_network, batch, double_q)
+    loss = torch.nn.functional.smooth_l1_loss(q_taken, target)
+    if cql_alpha > 0.0:  # push down Q of actions the logs never took, up the logged one
+        penalty = torch.logsumexp(q_all, dim=1) - q_taken  # masked entries add exp(-1e9) = 0
+        loss = loss + cql_alpha * penalty.mean()
+    return loss, q_taken
+
+
+# --- 2. one gradient step ----------------------------------------------------------------
+
+
+class Learner:
+    """Online network, target network and optimiser; `update` is one gradient step."""
+
+    def __init__(self, q_network: QNetwork, config: DQNConfig) -> None:
+        self.config = config
+        self.q_network = q_network
+        self.target_network = copy.deepcopy(q_network)
+        self.target_network.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(
+            q_network.parameters(), lr=config.learning_rate, foreach=True
+        )
+        self.gradient_steps = 0
+
+    def update(self, batch: ReplayBatch, cql_alpha: float = 0.0) -> float:
+        """One step of Adam on the DQN loss; raises TrainingDivergedError on NaN/inf."""
+        loss, q_taken = dqn_loss(
+            self.q_network, self.target_network, batch, self.config.double_q, cql_alpha
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.q_network.parameters(), self.config.max_grad_norm, foreach=True
+        )
+        loss_value, q_max, norm = torch.stack(
+            [loss.detach(), q_taken.detach().abs().max(), grad_norm]
+        ).tolist()
+        self._check_finite(loss_value, q_max, norm)
+        self.optimizer.step()
+        self.gradient_steps += 1
+        if self.gradient_steps % self.config.target_update_interval == 0:
+            self.update_target()
+        return float(loss_value)
+
+    def _check_finite(self, loss: float, q_max: float, grad_norm: float) -> None:
+        step = self.gradient_steps + 1
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"training diverged at gradient step {step}: the loss is {loss} "
+                f"(check the learning rate ({self.config.learning_rate:g}) and the rewards)"
+            )
+        if not math.isfinite(q_max) or q_max > Q_DIVERGENCE_LIMIT:
+            raise TrainingDivergedError(
+                f"training diverged at gradient step {step}: |Q| reached {q_max:.3g} "
+                f"(limit {Q_DIVERGENCE_LIMIT:g}; learning rate {self.config.learning_rate:g})"
+            )
+        if not math.isfinite(grad_norm):
+            raise TrainingDivergedError(
+                f"training diverged at gradient step {step}: the gradient norm is {grad_norm}"
+            )
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """Hard copy when tau == 1, else Polyak: target <- (1 - tau) target + tau online."""
+        tau = self.config.tau
+        if tau >= 1.0:
+            self.target_network.load_state_dict(self.q_network.state_dict())
+            return
+        for target, online in zip(
+            self.target_network.parameters(), self.q_network.parameters(), strict=True
+        ):
+            target.lerp_(online, tau)
+
+
+# --- 3. online training --------------------------------------------------------------------
+
+
+class VecStep(NamedTuple):
+    """One step of every env, with same-step autoreset already applied."""
+
+    observations: dict[str, NDArray[np.float32]]  # where each env now is (after any reset)
+    masks: NDArray[np.bool_]
+    rewards: NDArray[np.float64]
+    terminated: NDArray[np.bool_]
+    episode_over: NDArray[np.bool_]  # terminated or truncated
+    final_observations: dict[str, NDArray[np.float32]]  # s' of the transition just taken
+    final_masks: NDArray[np.bool_]
+
+
+class VecEnvAdapter(Protocol):
+    """What the online loop needs from a batch of environments."""
+
+    num_envs: int
+    n_actions: int
+    obs_shapes: dict[str, tuple[int, ...]]
+
+    def reset(self, seed: int) -> tuple[dict[str, NDArray[np.float32]], NDArray[np.bool_]]: ...
+
+    def step(self, actions: NDArray[np.int64]) -> VecStep: ...
+
+
+def linear_epsilon(config: DQNConfig, step: int, total_steps: int) -> float:
+    """Falls linearly from initial to final over exploration_fraction of the steps."""
+    duration = max(config.exploration_fraction * total_steps, 1.0)
+    progress = min(step / duration, 1.0)
+    start, end = config.exploration_initial_eps, config.exploration_final_eps
+    return start + progress * (end - start)
+
+
+def select_actions(
+    q_network: QNetwork,
+    observations: ArrayObs,
+    masks: NDArray[np.bool_],
+    epsilon: float,
+    rng: np.random.Generator,
+) -> NDArray[np.int64]:
+    """Epsilon-greedy over eligible actions only: exploring picks uniformly among them."""
+    with torch.no_grad():
+        tensors = {k: torch.from_numpy(v) for k, v in observations.items()}
+        q = q_network.q_values(tensors, torch.from_numpy(masks)).numpy()
+    greedy = np.where(masks, q, -np.inf).argmax(axis=1)
+    random_scores = np.where(masks, rng.random(masks.shape), -np.inf)
+    explore = rng.random(len(masks)) < epsilon
+    chosen = np.where(explore, random_scores.argmax(axis=1), greedy)
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def _train_online(
+    *,
+    config: DQNConfig,
+    env: VecEnvAdapter,
+    q_network: QNetwork,
+    total_steps: int,
+    seed: int,
+    callbacks: Sequence[TrainingCallback],
+) -> TrainResult:
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    learner = Learner(q_network, config)
+    buffer = ReplayBuffer(env.obs_shapes, env.n_actions, config.buffer_size, rng)
+    nstep = NStepAccumulator(config.n_step, config.gamma, env.num_envs)
+    ctx = TrainingContext(config, q_network, total_steps, online=True)
+    for callback in callbacks:
+        callback.on_training_start(ctx)
+    observations, masks = env.reset(seed)
+    while ctx.env_steps < total_steps:
+        epsilon = linear_epsilon(config, ctx.env_steps, total_steps)
+        actions = select_actions(q_network, observations, masks, epsilon, rng)
+        step = env.step(actions)
+        ready = nstep.push(
+            observations,
+            masks,
+            actions,
+            step.rewards,
+            next_observations=step.final_observations,
+            next_masks=step.final_masks,
+            terminated=step.terminated,
+            episode_over=step.episode_over,
+        )
+        if ready is not None:
+            buffer.add(ready)
+        observations, masks = step.observations, step.masks
+        previous, ctx.env_steps = ctx.env_steps, ctx.env_steps + env.num_envs
+        ctx.episodes += int(step.episode_over.sum())
+        if ctx.env_steps >= config.learning_starts and len(buffer) > 0:
+            trainings = ctx.env_steps // config.train_frequency - previous // config.train_frequency
+            for _ in range(trainings * config.gradient_steps):
+                ctx.last_loss = learner.update(buffer.sample(config.batch_size))
+            ctx.gradient_steps = learner.gradient_steps
+        if not all([callback.on_step(ctx) for callback in callbacks]):
+            logger.info("training stopped early by a callback at %d env steps", ctx.env_steps)
+            break
+    for callback in callbacks:
+        callback.on_training_end(ctx)
+    wall = time.perf_counter() - started
+    return TrainResult(q_network, ctx.env_steps, learner.gradient_steps, ctx.last_loss, wall)
+
+
+# --- 4. entry points ---------------------------------------------------------------------
+
+
+class GymVecAdapter:
+    """N copies of a Gymnasium env (Box obs, Discrete actions) with same-step autoreset.
+
+    Unlike gymnasium's vector envs it returns the true final observation of an
+    ended episode, so a truncated episode (CartPole's 500-step limit) still
+    bootstraps correctly.
+    """
+
+    def __init__(self, env_id: str, num_envs: int) -> None:
+        self.envs = [gym.make(env_id) for _ in range(num_envs)]
+        space, actions = self.envs[0].observation_space, self.envs[0].action_space
+        if not isinstance(space, gym.spaces.Box) or not isinstance(actions, gym.spaces.Discrete):
+            raise ValueError(f"{env_id} needs a Box observation and Discrete action space")
+        self.num_envs = num_envs
+        self.n_actions = int(actions.n)
+        self.obs_shapes: dict[str, tuple[int, ...]] = {"obs": (int(np.prod(space.shape)),)}
+        self._all = np.ones((num_envs, self.n_actions), np.bool_)
+
+    def reset(self, seed: int) -> tuple[dict[str, NDArray[np.float32]], NDArray[np.bool_]]:
+        obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)]
+        for i, env in enumerate(self.envs):
+            env.action_space.seed(seed + i)
+        return {"obs": self._flat(obs)}, self._all.copy()
+
+    def step(self, actions: NDArray[np.int64]) -> VecStep:
+        now, final, rewards = [], [], np.zeros(self.num_envs)
+        terminated = np.zeros(self.num_envs, np.bool_)
+        over = np.zeros(self.num_envs, np.bool_)
+        for i, env in enumerate(self.envs):
+            obs, reward, term, trunc, _ = env.step(int(actions[i]))
+            rewards[i], terminated[i], over[i] = float(reward), term, term or trunc
+            final.append(obs)
+            now.append(env.reset()[0] if over[i] else obs)
+        flat_final = {"obs": self._flat(final)}
+        return VecStep(
+            {"obs": self._flat(now)}, self._all.copy(), rewards, terminated, over,
+            flat_final, self._all.copy(),
+        )  # fmt: skip
+
+    def _flat(self, obs: list[Any]) -> NDArray[np.float32]:
+        return np.asarray(obs, dtype=np.float32).reshape(self.num_envs, -1)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def evaluate_gym_policy(policy: DQNPolicy, env_id: str, episodes: int, seed: int) -> float:
+    """Mean undiscounted return of the greedy policy over `episodes` seeded episodes."""
+    env = gym.make(env_id)
+    n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        total, over = 0.0, False
+        while not over:
+            flat = np.asarray(obs, np.float32).reshape(-1)
+            action = policy.act({"obs": flat, "action_mask": np.ones(n_actions, np.bool_)})
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, over = total + float(reward), terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+def train_gym(  # noqa: PLR0917 - the shared RL interface fixes this signature
+    config: DQNConfig,
+    env_id: str,
+    total_steps: int,
+    seed: int,
+    callbacks: Sequence[TrainingCallback] = (),
+    num_envs: int = 1,
+) -> TrainResult:
+    """DQN on any Gymnasium env with Box observations and Discrete actions (e.g. CartPole-v1)."""
+    torch.set_num_threads(1)
+    env = GymVecAdapter(env_id, num_envs)
+    try:
+        torch.manual_seed(seed)
+        network = FlatQNetwork.from_config(config, env.obs_shapes["obs"][0], env.n_actions)
+        return _train_online(
+            config=config,
+            env=env,
+            q_network=network,
+            total_steps=total_steps,
+            seed=seed,
+            callbacks=callbacks,
+        )
+    finally:
+        env.close()
+
+
+class DispatchVecAdapter:
+    """The simulator's VecDispatchEnv seen through the online loop's interface."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        reward: RewardSettings,
+        num_envs: int,
+        max_candidates: int | None = None,
+    ) -> None:
+        self.env = VecDispatchEnv(scenario, reward, num_envs, max_candidates=max_candidates)
+        self.num_envs = num_envs
+        n = max_candidates if max_candidates is not None else scenario.n_drivers
+        self.n_actions = int(n)
+        space = self.env.single_observation_space
+        self.obs_shapes: dict[str, tuple[int, ...]] = {
+            key: tuple(space[key].shape or ()) for key in ("candidates", "context")
+        }
+
+    def _split(
+        self, obs: dict[str, NDArray[Any]]
+    ) -> tuple[dict[str, NDArray[np.float32]], NDArray[np.bool_]]:
+        arrays = {
+            "candidates": np.asarray(obs["candidates"], np.float32),
+            "context": np.asarray(obs["context"], np.float32),
+        }
+        return arrays, np.asarray(obs["action_mask"]).astype(np.bool_)
+
+    def reset(self, seed: int) -> tuple[dict[str, NDArray[np.float32]], NDArray[np.bool_]]:
+        return self._split(self.env.reset([seed + i for i in range(self.num_envs)]))
+
+    def step(self, actions: NDArray[np.int64]) -> VecStep:
+        obs, rewards, terminated, _ = self.env.step(actions)
+        arrays, masks = self._split(obs)
+        done = np.asarray(terminated, np.bool_)
+        # Same-step autoreset: obs of a terminated env is its next episode's first state;
+        # that transition is terminal (done masks the bootstrap), so it is a fine s'.
+        return VecStep(arrays, masks, np.asarray(rewards, np.float64), done, done, arrays, masks)
+
+
+def train_dispatch(  # noqa: PLR0917 - the shared RL interface fixes this signature
+    config: DQNConfig,
+    scenario: Scenario,
+    reward: RewardSettings,
+    total_steps: int,
+    seed: int,
+    callbacks: Sequence[TrainingCallback] = (),
+    num_envs: int = 8,
+    init_from: QNetwork | None = None,
+) -> TrainResult:
+    """Online DQN in the vectorised simulator; `init_from` fine-tunes a (pre-trained) network."""
+    torch.set_num_threads(1)
+    env = DispatchVecAdapter(scenario, reward, num_envs)
+    torch.manual_seed(seed)
+    if init_from is not None:
+        if not isinstance(init_from, CandidateQNetwork):
+            raise ValueError("init_from must be a CandidateQNetwork for dispatch training")
+        network: QNetwork = copy.deepcopy(init_from)
+    else:
+        network = CandidateQNetwork.from_config(config)
+    return _train_online(
+        config=config,
+        env=env,
+        q_network=network,
+        total_steps=total_steps,
+        seed=seed,
+        callbacks=callbacks,
+    )
+
+
+def train_offline(  # noqa: PLR0917 - the shared RL interface fixes this signature
+    config: DQNConfig,
+    dataset: LoggedDataset,
+    gradient_steps: int,
+    seed: int,
+    callbacks: Sequence[TrainingCallback] = (),
+    init_from: QNetwork | None = None,
+) -> TrainResult:
+    """Conservative DQN (CQL penalty weighted by cql_alpha) on logged one-step transitions."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    if len(dataset) == 0:
+        raise ValueError("the logged dataset is empty: nothing to train on")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    network = copy.deepcopy(init_from) if init_from else CandidateQNetwork.from_config(config)
+    transitions = dataset.transitions(config.gamma)
+    shapes = {k: tuple(v.shape[1:]) for k, v in transitions.observations.items()}
+    buffer = ReplayBuffer(shapes, dataset.max_candidates, len(dataset), rng)
+    buffer.add(transitions)
+    learner = Learner(network, config)
+    ctx = TrainingContext(config, network, gradient_steps, online=False)
+    for callback in callbacks:
+        callback.on_training_start(ctx)
+    while ctx.gradient_steps < gradient_steps:
+        ctx.last_loss = learner.update(buffer.sample(config.batch_size), config.cql_alpha)
+        ctx.gradient_steps = learner.gradient_steps
+        if not all([callback.on_step(ctx) for callback in callbacks]):
+            break
+    for callback in callbacks:
+        callback.on_training_end(ctx)
+    wall = time.perf_counter() - started
+    return TrainResult(network, 0, learner.gradient_steps, ctx.last_loss, wall)

@@ -1,0 +1,115 @@
+"""`DQNPolicy`: the greedy (masked argmax) policy of a Q-network, for the simulator and serving.
+
+It implements the simulator's `Policy` protocol (`name`, `begin_episode`,
+`act`, `act_batch`). For a `CandidateQNetwork` it scores with a NumPy copy of
+the weights: a single decision is a handful of small matmuls, and NumPy does
+them several times faster than PyTorch's per-op dispatch (MEASUREMENTS.md).
+The NumPy path is tested to agree with the PyTorch network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from dispatchloop.rl.networks import MASKED_Q, CandidateQNetwork, QNetwork
+
+ObsDict = Mapping[str, NDArray[np.generic]]
+
+
+class NoEligibleActionError(ValueError):
+    """Every action is masked: there is nothing a policy may choose."""
+
+
+class NumpyCandidateScorer:
+    """Inference-only NumPy twin of a `CandidateQNetwork` (same arithmetic, float32)."""
+
+    def __init__(self, network: CandidateQNetwork) -> None:
+        def linear(layer: torch.nn.Module) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+            assert isinstance(layer, torch.nn.Linear)
+            return (
+                layer.weight.detach().numpy().T.astype(np.float32).copy(),
+                layer.bias.detach().numpy().astype(np.float32).copy(),
+            )
+
+        self._encoder = [linear(m) for m in network.encoder if isinstance(m, torch.nn.Linear)]
+        self._advantage = linear(network.advantage)
+        self._value = (
+            [linear(m) for m in network.value if isinstance(m, torch.nn.Linear)]
+            if network.value is not None
+            else None
+        )
+        self._tanh = network.activation == "tanh"
+
+    def _act(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        return np.tanh(x) if self._tanh else np.maximum(x, 0.0)
+
+    def q_values(
+        self,
+        candidates: NDArray[np.float32],
+        context: NDArray[np.float32],
+        mask: NDArray[np.bool_],
+    ) -> NDArray[np.float32]:
+        """candidates (B, n, F_c), context (B, F_ctx), mask (B, n) → masked Q (B, n)."""
+        batch, n, _ = candidates.shape
+        ctx = np.broadcast_to(context[:, None, :], (batch, n, context.shape[-1]))
+        h = np.concatenate([candidates, ctx], axis=-1, dtype=np.float32)
+        for weight, bias in self._encoder:
+            h = self._act(h @ weight + bias)
+        advantage = (h @ self._advantage[0] + self._advantage[1])[..., 0]
+        if self._value is None:
+            q = advantage
+        else:
+            w = mask.astype(np.float32)
+            count = np.maximum(w.sum(axis=1, keepdims=True), 1.0)
+            pooled = (h * w[..., None]).sum(axis=1) / count
+            v = np.concatenate([pooled, context], axis=-1)
+            v = self._act(v @ self._value[0][0] + self._value[0][1])
+            value = v @ self._value[1][0] + self._value[1][1]
+            q = value + advantage - (advantage * w).sum(axis=1, keepdims=True) / count
+        return np.where(mask, q, np.float32(MASKED_Q)).astype(np.float32)
+
+
+def masked_argmax(q: NDArray[np.floating], mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """Row-wise argmax over allowed actions only; a row without any is an error."""
+    if not mask.any(axis=-1).all():
+        raise NoEligibleActionError("an observation has no eligible action (mask is all zero)")
+    return np.asarray(np.where(mask, q, -np.inf).argmax(axis=-1), dtype=np.int64)
+
+
+class DQNPolicy:
+    """Greedy policy of a Q-network; never picks a masked action."""
+
+    def __init__(self, q_network: QNetwork, name: str = "dqn") -> None:
+        self.name = name
+        self._network = q_network
+        self._numpy = (
+            NumpyCandidateScorer(q_network) if isinstance(q_network, CandidateQNetwork) else None
+        )
+
+    def begin_episode(self, plan: object) -> None:
+        """The episode plan is hindsight information; a deployable policy ignores it."""
+
+    def act(self, obs: ObsDict) -> int:
+        batched = {k: np.asarray(v)[None] for k, v in obs.items()}
+        return int(self.act_batch(batched)[0])
+
+    def act_batch(self, obs: ObsDict) -> NDArray[np.int64]:
+        mask = np.asarray(obs["action_mask"]).astype(np.bool_)
+        return masked_argmax(self.q_values(obs, mask), mask)
+
+    def q_values(self, obs: ObsDict, mask: NDArray[np.bool_]) -> NDArray[np.float32]:
+        """Masked Q-values of stacked observations (NumPy path for candidate networks)."""
+        if self._numpy is not None:
+            return self._numpy.q_values(
+                np.asarray(obs["candidates"], np.float32),
+                np.asarray(obs["context"], np.float32),
+                mask,
+            )
+        tensors = {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in obs.items()}
+        with torch.no_grad():
+            q = self._network.q_values(tensors, torch.from_numpy(mask))
+        return q.numpy()
