@@ -149,6 +149,7 @@ class DispatchEnv(gym.Env[Observation, np.int64]):
         self._state: FleetState | None = None
         self._step = 0
         self._tally = EpisodeTally()
+        self._situation: tuple[int, Situation] | None = None
 
     @property
     def plan(self) -> EpisodePlan:
@@ -171,13 +172,16 @@ class DispatchEnv(gym.Env[Observation, np.int64]):
         self._state = FleetState.start(self._plans)
         self._step = 0
         self._tally = EpisodeTally()
+        self._situation = None
         return self._observe(), {"booking_index": 0}
 
     def situation(self) -> Situation:
         """The decision situation of the next booking, as the featurizer sees it."""
+        if self._situation is not None and self._situation[0] == self._step:
+            return self._situation[1]  # computed for the current observation already
         plans, state = self._require()
         batch = situation_batch(state, plans, np.array([self._step]))
-        return Situation(
+        situation = Situation(
             hour_of_day=float(batch.hour_of_day[0]),
             priority=int(batch.priority[0]),
             pickup_lat=float(batch.pickup_lat[0]),
@@ -192,6 +196,8 @@ class DispatchEnv(gym.Env[Observation, np.int64]):
             queue_len=batch.queue_len[0],
             eligible=batch.eligible[0],
         )
+        self._situation = (self._step, situation)
+        return situation
 
     def step(self, action: np.int64 | int) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
         plans, state = self._require()
