@@ -128,8 +128,11 @@ def _arrivals(cols: _Columns) -> tuple[float, ...]:
 
 
 def _thin(points: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
-    step = max(1, len(points) // MAX_POINTS)
-    return tuple(points[::step][:MAX_POINTS])
+    """At most MAX_POINTS, evenly spread over the window (not just its start)."""
+    if len(points) <= MAX_POINTS:
+        return tuple(points)
+    keep = np.linspace(0, len(points) - 1, MAX_POINTS).round().astype(np.int64)
+    return tuple(points[i] for i in keep)
 
 
 def _priority_mix(priorities: list[int]) -> tuple[float, float, float]:
