@@ -15,8 +15,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
 from dispatchloop.replay import IncomingEvent, TimeWindow, open_store
-from dispatchloop.settings import RewardSettings
-from dispatchloop.sim.producer import resolve_policy, simulated_events
+from dispatchloop.settings import KafkaSettings, RewardSettings
+from dispatchloop.sim.producer import produce, resolve_policy, simulated_events
 from dispatchloop.sim.scenario import Scenario
 
 pytestmark = pytest.mark.integration
@@ -143,3 +143,14 @@ def test_scenario_fit_recovers_known_parameters(sqlite_url: str) -> None:
     assert rates[:9].sum() == 0 and rates[12:].sum() == 0
     # The fitted world is usable as is.
     assert fitted == Scenario.from_dict(json.loads(fitted.to_json()))
+
+
+def test_produce_paces_events_at_the_requested_rate(kafka_bootstrap: str, topic_name: str) -> None:
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic=topic_name)
+    events = simulated_events(
+        Scenario.default(), RewardSettings(), resolve_policy("random", 3), 20, seed=3
+    )
+    result = produce(events, kafka, total=20, rate=40.0, show_progress=False)
+    assert result.events == 20
+    assert result.seconds >= 19 / 40.0 * 0.95  # paced: never faster than asked (no upper bound)
+    assert len(_consume_all(kafka_bootstrap, topic_name, 20)) == 20
