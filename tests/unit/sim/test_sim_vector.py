@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.env import DispatchEnv
@@ -75,3 +79,36 @@ def test_same_seeds_same_rewards() -> None:
     first, second = run(), run()
     np.testing.assert_array_equal(first, second)
     assert len(set(first.tolist())) > 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    drivers=st.integers(1, 10),
+    bookings=st.integers(1, 8),
+    unavailable=st.floats(0.0, 0.9),
+    seed=st.integers(0, 2**31),
+)
+def test_vector_env_equals_single_env_on_any_scenario(
+    drivers: int, bookings: int, unavailable: float, seed: int
+) -> None:
+    scenario = dataclasses.replace(
+        Scenario.default(),
+        n_drivers=drivers,
+        bookings_per_episode=bookings,
+        unavailable_prob=unavailable,
+    )
+    reward = RewardSettings()
+    vec = VecDispatchEnv(scenario, reward, 2)
+    vec_obs = vec.reset([seed, seed + 1])
+    env = DispatchEnv(scenario, reward)
+    obs, _ = env.reset(seed=seed)
+    policy = RandomPolicy(seed)
+    for _ in range(2 * bookings):
+        np.testing.assert_array_equal(vec_obs["candidates"][0], obs["candidates"])
+        np.testing.assert_array_equal(vec_obs["action_mask"][0], obs["action_mask"])
+        actions = policy.act_batch(vec_obs)
+        vec_obs, rewards, terminated, _ = vec.step(actions)
+        obs, reward_0, done, _, _ = env.step(int(actions[0]))
+        assert rewards[0] == reward_0 and terminated[0] == done
+        if done:
+            obs, _ = env.reset()
