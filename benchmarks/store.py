@@ -1,0 +1,178 @@
+"""Replay-store write path: `write_batch` throughput on SQLite and PostgreSQL.
+
+Writes --events realistic events (dispatchloop.testing.events, ~1.9 KB each) in
+batches of --batch, as the Kafka ingest loop does once per poll, then writes the
+first 10 % again (all duplicates: the redelivery path). The peer measured in the
+same run is the naive store: SQLite WAL, `INSERT OR IGNORE` on a TEXT UUID key,
+ISO-8601 TEXT timestamps, same indexes, one durable commit per batch.
+
+    .venv/bin/python benchmarks/store.py                    # 200k events, both backends
+    .venv/bin/python benchmarks/store.py --events 20000 --no-postgresql   # smoke test
+
+Prints a Markdown table (copy it into benchmarks/BENCHMARKS.md with the load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
+from dispatchloop.progress import progress
+from dispatchloop.replay import IncomingEvent, open_store
+from dispatchloop.testing.events import encode, event_stream
+
+PG_ADMIN = os.environ.get(
+    "DISPATCHLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+NAIVE_DDL = (
+    "CREATE TABLE events (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE,"
+    " episode_id TEXT NOT NULL, step INTEGER NOT NULL, decided_at TEXT NOT NULL,"
+    " raw BLOB NOT NULL)",
+    "CREATE INDEX ix_episode ON events (episode_id, step)",
+    "CREATE INDEX ix_decided ON events (decided_at)",
+)
+Writer = Callable[[Sequence[IncomingEvent]], int]
+
+
+def make_events(n: int) -> list[IncomingEvent]:
+    events: list[IncomingEvent] = []
+    with progress("generating events", total=n) as bar:
+        for event in event_stream(2026, n):
+            raw = encode(event)
+            parsed = parse_outcome(raw, 65_536)
+            assert isinstance(parsed, DispatchOutcomeEvent)
+            events.append(IncomingEvent(parsed, raw))
+            bar.update()
+    return events
+
+
+def naive_writer(path: Path) -> tuple[Writer, Callable[[], None]]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    for statement in NAIVE_DDL:
+        conn.execute(statement)
+
+    def write(batch: Sequence[IncomingEvent]) -> int:
+        rows = [
+            (str(e.event_id), e.episode_id, e.step, e.decided_at.isoformat(), raw)
+            for e, raw in batch
+        ]
+        conn.execute("BEGIN")
+        cursor = conn.executemany(
+            "INSERT OR IGNORE INTO events (event_id, episode_id, step, decided_at, raw)"
+            " VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        conn.execute("COMMIT")
+        return cursor.rowcount
+
+    return write, conn.close
+
+
+def store_writer(url: str) -> tuple[Writer, Callable[[], None]]:
+    store = open_store(url)
+    return (lambda batch: store.write_batch(batch).inserted), store.close
+
+
+def measure(
+    name: str, writer: Writer, events: list[IncomingEvent], batch: int
+) -> dict[str, object]:
+    inserted = 0
+    started = time.perf_counter()
+    with progress(name, total=len(events)) as bar:
+        for index in range(0, len(events), batch):
+            chunk = events[index : index + batch]
+            inserted += writer(chunk)
+            bar.update(len(chunk))
+    elapsed = time.perf_counter() - started
+    redelivered = events[: len(events) // 10]
+    started = time.perf_counter()
+    for index in range(0, len(redelivered), batch):
+        inserted += writer(redelivered[index : index + batch])
+    dup_elapsed = time.perf_counter() - started
+    assert inserted == len(events), f"{name}: {inserted} stored of {len(events)}"
+    return {
+        "path": name,
+        "new events/s": len(events) / elapsed,
+        "duplicates/s": len(redelivered) / dup_elapsed,
+        "seconds": elapsed,
+    }
+
+
+def with_pg_database(run: Callable[[str], dict[str, object]]) -> dict[str, object]:
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"dl_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        return run(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run_all(args: argparse.Namespace) -> list[dict[str, object]]:
+    events = make_events(args.events)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="dl-store-bench-") as tmp:
+        naive, close = naive_writer(Path(tmp) / "naive.db")
+        results.append(measure("naive SQLite (TEXT key, OR IGNORE)", naive, events, args.batch))
+        close()
+        store, close = store_writer(f"sqlite:///{tmp}/replay.db")
+        results.append(measure("store SQLite", store, events, args.batch))
+        close()
+    if args.postgresql:
+
+        def run_pg(url: str) -> dict[str, object]:
+            writer, close_pg = store_writer(url)
+            try:
+                return measure("store PostgreSQL", writer, events, args.batch)
+            finally:
+                close_pg()
+
+        results.append(with_pg_database(run_pg))
+    return results
+
+
+def table(results: list[dict[str, object]]) -> str:
+    lines = ["| path | new events/s | duplicates/s | seconds |", "|---|---|---|---|"]
+    for row in results:
+        lines.append(
+            f"| {row['path']} | {row['new events/s']:,.0f} | {row['duplicates/s']:,.0f} "
+            f"| {row['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=2_000)
+    parser.add_argument("--no-postgresql", dest="postgresql", action="store_false")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    results = run_all(args)
+    load_after = os.getloadavg()
+    print(
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
+        f"{args.events:,} events in batches of {args.batch:,}, load average "
+        f"{load_before[0]:.2f} before / {load_after[0]:.2f} after"
+    )
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
