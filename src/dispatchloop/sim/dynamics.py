@@ -45,7 +45,7 @@ COMPLETED, LATE, CANCELLED = (
     STATUS_CODES["late"],
     STATUS_CODES["cancelled"],
 )
-STATUS_NAMES = ("completed", "late", "cancelled")
+STATUS_NAMES = tuple(sorted(STATUS_CODES, key=STATUS_CODES.__getitem__))  # by code
 F64 = NDArray[np.float64]
 
 
