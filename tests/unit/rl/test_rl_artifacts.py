@@ -1,0 +1,141 @@
+"""Model artifacts: round trip, ONNX equals PyTorch, tampering and version mismatches refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from dispatchloop.rl.artifacts import (
+    ArtifactError,
+    export_onnx_model,
+    load_model,
+    save_model,
+    verify_onnx,
+)
+from dispatchloop.rl.featurizer import (
+    FEATURIZER_VERSION,
+    N_CANDIDATE_FEATURES,
+    N_CONTEXT_FEATURES,
+)
+from dispatchloop.rl.hyperparams import DQNConfig
+from dispatchloop.rl.networks import CandidateQNetwork, FlatQNetwork
+
+CONFIG = DQNConfig(hidden_size=32, n_layers=2)
+
+
+@pytest.fixture
+def network() -> CandidateQNetwork:
+    torch.manual_seed(0)
+    return CandidateQNetwork.from_config(CONFIG)
+
+
+def _inputs(batch: int, n: int, seed: int = 5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = rng.random((batch, n)) < 0.6
+    mask[:, -1] = True
+    return {
+        "candidates": rng.normal(size=(batch, n, N_CANDIDATE_FEATURES)).astype(np.float32),
+        "context": rng.normal(size=(batch, N_CONTEXT_FEATURES)).astype(np.float32),
+        "mask": mask,
+    }
+
+
+def test_round_trip_keeps_weights_config_and_metadata(
+    tmp_path: Path, network: CandidateQNetwork
+) -> None:
+    artifact = save_model(
+        tmp_path / "m1",
+        network,
+        CONFIG,
+        {"model_version": "v1", "metrics": {"sim_return": -100.5}, "scenario": {"n_drivers": 9}},
+    )
+    loaded = load_model(artifact.directory)
+    assert loaded.config == CONFIG
+    meta = loaded.metadata
+    assert meta["model_version"] == "v1" and meta["metrics"] == {"sim_return": -100.5}
+    assert meta["featurizer_version"] == FEATURIZER_VERSION
+    assert meta["weights_sha256"] == artifact.sha256 and len(artifact.sha256) == 64
+    assert meta["network"] == network.spec() and meta["created_at"]
+    inputs = {k: torch.from_numpy(v) for k, v in _inputs(3, 12).items()}
+    torch.testing.assert_close(loaded.q_network(*inputs.values()), network(*inputs.values()))
+    assert not list(tmp_path.glob(".m1.*")), "the staging directory must be gone"
+
+
+def test_onnx_matches_pytorch_for_9_and_40_candidates(
+    tmp_path: Path, network: CandidateQNetwork
+) -> None:
+    artifact = save_model(tmp_path / "m", network, CONFIG, {})
+    assert artifact.onnx_path is not None
+    session = ort.InferenceSession(str(artifact.onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["candidates", "context", "mask"]
+    for batch, n in ((1, 9), (7, 40)):
+        inputs = _inputs(batch, n)
+        onnx_q = session.run(None, inputs)[0]
+        with torch.no_grad():
+            torch_q = network(*(torch.from_numpy(v) for v in inputs.values())).numpy()
+        assert onnx_q.shape == (batch, n)
+        assert np.abs(onnx_q - torch_q).max() <= 1e-5
+
+
+def test_onnx_check_refuses_an_export_of_another_network(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    exported, other = CandidateQNetwork(16, 1), CandidateQNetwork(16, 1)
+    export_onnx_model(exported, tmp_path / "a.onnx")
+    with pytest.raises(ArtifactError, match="differs from PyTorch"):
+        verify_onnx(other, tmp_path / "a.onnx")
+
+
+def test_flat_network_round_trip(tmp_path: Path) -> None:
+    net = FlatQNetwork(4, 2, 16, 2)
+    loaded = load_model(save_model(tmp_path / "flat", net, CONFIG, {}).directory)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(loaded.q_network(x), net(x))
+
+
+def test_tampered_weights_are_refused(tmp_path: Path, network: CandidateQNetwork) -> None:
+    artifact = save_model(tmp_path / "m", network, CONFIG, {})
+    data = bytearray(artifact.weights_path.read_bytes())
+    data[-1] ^= 0x01
+    artifact.weights_path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_model(artifact.directory)
+
+
+def test_tampered_onnx_is_refused(tmp_path: Path, network: CandidateQNetwork) -> None:
+    artifact = save_model(tmp_path / "m", network, CONFIG, {})
+    assert artifact.onnx_path is not None
+    artifact.onnx_path.write_bytes(artifact.onnx_path.read_bytes() + b"\0")
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_model(artifact.directory)
+
+
+def test_other_featurizer_version_is_refused(tmp_path: Path, network: CandidateQNetwork) -> None:
+    artifact = save_model(tmp_path / "m", network, CONFIG, {}, export_onnx=False)
+    meta = json.loads(artifact.metadata_path.read_text())
+    meta["featurizer_version"] = FEATURIZER_VERSION + 1
+    artifact.metadata_path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="featurizer version"):
+        load_model(artifact.directory)
+
+
+def test_existing_directory_is_not_overwritten(tmp_path: Path, network: CandidateQNetwork) -> None:
+    save_model(tmp_path / "m", network, CONFIG, {}, export_onnx=False)
+    with pytest.raises(ArtifactError, match="already exists"):
+        save_model(tmp_path / "m", network, CONFIG, {}, export_onnx=False)
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="cannot read"):
+        load_model(tmp_path / "nothing")
+
+
+def test_no_pickle_in_the_artifact(tmp_path: Path, network: CandidateQNetwork) -> None:
+    artifact = save_model(tmp_path / "m", network, CONFIG, {})
+    names = sorted(p.name for p in artifact.directory.iterdir())
+    assert names == ["metadata.json", "model.onnx", "model.safetensors"]
+    assert not artifact.weights_path.read_bytes().startswith(b"\x80")  # pickle protocol marker
