@@ -11,6 +11,7 @@ loop reconnect with backoff; the process stays up.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -41,8 +42,19 @@ from dispatchloop.settings import Settings
 log = logging.getLogger(__name__)
 
 DLQ_ATTEMPTS_IN_PLACE = 3
+# A poll's parsed events (thousands of small pydantic objects) live until the batch is
+# stored; with CPython's default gen-0 threshold of 700 they are promoted and re-scanned
+# by full collections again and again: parsing measured 2-5x slower. Refcounting frees
+# them at the end of the batch, so rare collections lose nothing.
+INGEST_GC_THRESHOLDS = (100_000, 50, 50)
 LAG_INTERVAL_S = 5.0
 STORE_STATS_INTERVAL_S = 30.0
+
+
+def configure_gc_for_ingest() -> None:
+    """Process-wide: call once from the process entry point (CLI, benchmark), never on import."""
+    gc.freeze()  # everything imported so far is permanent: never scanned again
+    gc.set_threshold(*INGEST_GC_THRESHOLDS)
 
 
 class BatchReport(NamedTuple):

@@ -14,7 +14,12 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from dispatchloop.consumers.loop import BatchReport, IngestLoop, IngestTotals
+from dispatchloop.consumers.loop import (
+    BatchReport,
+    IngestLoop,
+    IngestTotals,
+    configure_gc_for_ingest,
+)
 from dispatchloop.consumers.metrics import IngestMetrics
 from dispatchloop.daemon.http import MetricsServer
 from dispatchloop.progress import progress
@@ -33,6 +38,7 @@ def run_ingest(
     opened (the CLI reports it as a configuration error).
     """
     store = open_store(settings.resolved_store_url)
+    configure_gc_for_ingest()
     registry = CollectorRegistry()
     loop = IngestLoop.from_settings(settings, store, IngestMetrics(registry))
     server = None

@@ -1,0 +1,240 @@
+"""Ingest throughput: dispatchloop's loop against the raw kafka-python peer, same broker, same run.
+
+One local tansu broker, one 3-partition topic holding N realistic events
+(`testing.events.event_stream`, ~1.9 KB, 9–14 candidates), then:
+
+  (a)  peer: raw kafka-python group consumer + json.loads (the practical ceiling)
+  (a') raw kafka-python + parse_outcome (validation alone, no store, no commit)
+  (b0) (b) with CPython's default GC thresholds (what configure_gc_for_ingest buys)
+  (b)  dispatchloop IngestLoop into SQLite (validate, durable write, DLQ check, commit)
+  (c)  dispatchloop IngestLoop into PostgreSQL
+
+Each consumer reads the whole topic with its own consumer group. Rates are taken
+from the first non-empty poll to the last record, so the group join (~3 s on
+tansu) is not counted for anyone. Prints a table; record it in BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/ingest.py [--events 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from prometheus_client import CollectorRegistry
+
+from dispatchloop.consumers.clients import make_consumer, make_dlq_producer, make_dlq_reader
+from dispatchloop.consumers.loop import IngestLoop, configure_gc_for_ingest
+from dispatchloop.consumers.metrics import IngestMetrics
+from dispatchloop.events import parse_outcome
+from dispatchloop.progress import progress
+from dispatchloop.replay import open_store
+from dispatchloop.settings import Settings
+from dispatchloop.testing.broker import start_broker
+from dispatchloop.testing.events import encode, event_stream
+
+PG_ADMIN_URL = os.environ.get(
+    "DISPATCHLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+DEFAULT_GC_THRESHOLDS = (700, 10, 10)
+GROUP_TIMEOUTS = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000}
+
+
+class FirstPollClock:
+    """Wraps a consumer and notes when its first non-empty poll returned."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self.first_records_at: float | None = None
+
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        batch = self._consumer.poll(*args, **kwargs)
+        if batch and self.first_records_at is None:
+            self.first_records_at = time.perf_counter()
+        return batch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+def produce(bootstrap: str, topic: str, n: int) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 3, 1)])
+    admin.close()
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024
+    )
+    size = 0
+    with progress("produce", total=n) as bar:
+        for index, event in enumerate(event_stream(1, n)):
+            value = encode(event)
+            size += len(value)
+            producer.send(topic, value=value, key=event["episode_id"].encode())
+            if index % 5_000 == 4_999:
+                bar.update(5_000)
+        producer.flush(timeout=300)
+    producer.close()
+    return size // n
+
+
+def raw_peer(bootstrap: str, topic: str, n: int, handle: Callable[[bytes], Any]) -> float:
+    consumer = FirstPollClock(
+        KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=2_000,
+            **GROUP_TIMEOUTS,
+        )
+    )
+    seen = 0
+    while seen < n:
+        for records in consumer.poll(timeout_ms=500).values():
+            for record in records:
+                handle(record.value)
+            seen += len(records)
+    elapsed = time.perf_counter() - (consumer.first_records_at or 0.0)
+    consumer.close(autocommit=False)
+    return n / elapsed
+
+
+def dispatchloop_ingest(bootstrap: str, topic: str, n: int, store_url: str) -> float:
+    settings = Settings(
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "topic": topic,
+            "dlq_topic": f"{topic}.dlq",
+            "group_id": f"bench-dl-{uuid.uuid4().hex[:8]}",
+            **GROUP_TIMEOUTS,
+        },
+        store_url=store_url,
+        metrics={"enabled": False},
+    )
+    store = open_store(store_url)
+    clocks: list[FirstPollClock] = []
+
+    def consumer_factory(listener: Any) -> FirstPollClock:
+        clocks.append(FirstPollClock(make_consumer(settings, listener)))
+        return clocks[-1]
+
+    loop = IngestLoop(
+        settings,
+        store,
+        IngestMetrics(CollectorRegistry()),
+        consumer_factory=consumer_factory,
+        producer_factory=lambda: make_dlq_producer(settings),
+        reader_factory=lambda: make_dlq_reader(settings),
+        rng=np.random.default_rng(0),
+    )
+    ended: list[float] = []
+    totals = loop.run(max_events=n, on_batch=lambda _r: ended.append(time.perf_counter()))
+    store.close()
+    assert totals.stored == n, f"stored {totals.stored} of {n}"
+    return n / (ended[-1] - (clocks[0].first_records_at or 0.0))
+
+
+def fresh_pg_database() -> tuple[str, Callable[[], None]]:
+    name = f"dl_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--skip-postgres", action="store_true")
+    args = parser.parse_args()
+    n = args.events
+    configure_gc_for_ingest()  # as `dispatchloop ingest` does; applies to every path measured
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="dispatchloop-bench-"))
+    broker = start_broker(log_dir=work)
+    rows: list[tuple[str, float]] = []
+    try:
+        topic = "bench.outcomes"
+        mean_size = produce(broker.bootstrap, topic, n)
+        rows.append(
+            (
+                "(a) kafka-python raw + json.loads [peer]",
+                raw_peer(broker.bootstrap, topic, n, json.loads),
+            )
+        )
+        rows.append(
+            (
+                "(a') kafka-python raw + parse_outcome",
+                raw_peer(broker.bootstrap, topic, n, lambda v: parse_outcome(v, 65_536)),
+            )
+        )
+        gc.unfreeze()
+        gc.set_threshold(*DEFAULT_GC_THRESHOLDS)
+        rows.append(
+            (
+                "(b0) dispatchloop ingest → SQLite, CPython's default GC thresholds",
+                dispatchloop_ingest(broker.bootstrap, topic, n, f"sqlite:///{work / 'gc.db'}"),
+            )
+        )
+        configure_gc_for_ingest()
+        rows.append(
+            (
+                "(b) dispatchloop ingest → SQLite",
+                dispatchloop_ingest(broker.bootstrap, topic, n, f"sqlite:///{work / 'replay.db'}"),
+            )
+        )
+        if not args.skip_postgres:
+            url, drop = fresh_pg_database()
+            try:
+                rows.append(
+                    (
+                        "(c) dispatchloop ingest → PostgreSQL",
+                        dispatchloop_ingest(broker.bootstrap, topic, n, url),
+                    )
+                )
+            finally:
+                drop()
+    finally:
+        broker.stop()
+    load_after = os.getloadavg()
+    peer = rows[0][1]
+    print(
+        f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(f"{n} events, mean {mean_size} B, 3 partitions, local tansu broker")
+    print(
+        f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f} (uptime: {uptime()})"
+    )
+    print("\n| path | msg/s | ratio to (a) |\n|---|---|---|")
+    for name, rate in rows:
+        print(f"| {name} | {rate:,.0f} | {rate / peer:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
