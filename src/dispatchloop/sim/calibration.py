@@ -29,6 +29,7 @@ keep the base scenario's values.
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.sim.scenario import Scenario
 
 MAX_POINTS = 512
+MAX_FIT_EVENTS = 200_000
+"""Events that feed the estimators; beyond it Scenario.fit samples every k-th."""
 MIN_DRIVE_MIN = 0.5
 
 
@@ -46,35 +49,46 @@ class ScenarioFitError(ValueError):
     """The events cannot calibrate a scenario (e.g. the window holds none)."""
 
 
+def _floats() -> array[float]:
+    return array("d")
+
+
 @dataclass
 class _Columns:
-    """Per-event numbers the estimators need, gathered in one pass."""
+    """Per-event numbers the estimators need, gathered in one pass.
+
+    Typed arrays (8 bytes a number), not lists of Python floats: a fit over a
+    million stored events must not need gigabytes.
+    """
 
     episodes: Counter[str] = field(default_factory=Counter)
-    n_candidates: list[int] = field(default_factory=list)
-    hours: list[int] = field(default_factory=list)
-    pickups: list[tuple[float, float]] = field(default_factory=list)
-    dropoffs: list[tuple[float, float]] = field(default_factory=list)
-    priorities: list[int] = field(default_factory=list)
-    lead_min: list[float] = field(default_factory=list)
-    window_min: list[float] = field(default_factory=list)
-    empty_km: list[float] = field(default_factory=list)
-    drive_min: list[float] = field(default_factory=list)
-    delay_min: list[float] = field(default_factory=list)
-    cancelled: list[bool] = field(default_factory=list)
-    trip_km: list[float] = field(default_factory=list)
-    after_pickup_min: list[float] = field(default_factory=list)
-    eligible_routine: list[float] = field(default_factory=list)
-    eligible_urgent: list[float] = field(default_factory=list)
+    n_candidates: array[float] = field(default_factory=_floats)
+    hours: array[float] = field(default_factory=_floats)
+    pickup_lat: array[float] = field(default_factory=_floats)
+    pickup_lon: array[float] = field(default_factory=_floats)
+    dropoff_lat: array[float] = field(default_factory=_floats)
+    dropoff_lon: array[float] = field(default_factory=_floats)
+    priorities: array[float] = field(default_factory=_floats)
+    lead_min: array[float] = field(default_factory=_floats)
+    window_min: array[float] = field(default_factory=_floats)
+    empty_km: array[float] = field(default_factory=_floats)
+    drive_min: array[float] = field(default_factory=_floats)
+    delay_min: array[float] = field(default_factory=_floats)
+    cancelled: array[float] = field(default_factory=_floats)
+    trip_km: array[float] = field(default_factory=_floats)
+    after_pickup_min: array[float] = field(default_factory=_floats)
+    eligible_routine: array[float] = field(default_factory=_floats)
+    eligible_urgent: array[float] = field(default_factory=_floats)
 
     def add(self, event: DispatchOutcomeEvent) -> None:
         booking, outcome = event.booking, event.outcome
         decided = event.decided_at
-        self.episodes[event.episode_id] += 1
         self.n_candidates.append(len(event.candidates))
-        self.hours.append(int(decided.timestamp() // 3600 % 24))
-        self.pickups.append((booking.pickup.lat, booking.pickup.lon))
-        self.dropoffs.append((booking.dropoff.lat, booking.dropoff.lon))
+        self.hours.append(decided.timestamp() // 3600 % 24)
+        self.pickup_lat.append(booking.pickup.lat)
+        self.pickup_lon.append(booking.pickup.lon)
+        self.dropoff_lat.append(booking.dropoff.lat)
+        self.dropoff_lon.append(booking.dropoff.lon)
         self.priorities.append(booking.priority)
         lead = (booking.window_start - decided).total_seconds() / 60.0
         self.lead_min.append(lead)
@@ -83,19 +97,27 @@ class _Columns:
         self.empty_km.append(outcome.empty_km)
         self.drive_min.append(lead + outcome.pickup_delay_min - chosen.available_in_min)
         self.delay_min.append(max(outcome.pickup_delay_min, 0.0))
-        self.cancelled.append(outcome.status == "cancelled")
+        self.cancelled.append(float(outcome.status == "cancelled"))
         pickup_at = booking.window_start.timestamp() / 60.0 + max(outcome.pickup_delay_min, 0.0)
         self.trip_km.append(outcome.total_km - outcome.empty_km)
         self.after_pickup_min.append(event.occurred_at.timestamp() / 60.0 - pickup_at)
-        share = float(np.mean([c.eligible for c in event.candidates]))
+        share = sum(c.eligible for c in event.candidates) / len(event.candidates)
         (self.eligible_urgent if booking.priority == 3 else self.eligible_routine).append(share)
 
 
-def fit_events(events: Iterable[DispatchOutcomeEvent], base: Scenario) -> Scenario:
-    """A scenario calibrated from events; `base` supplies what the data cannot identify."""
+def fit_events(
+    events: Iterable[DispatchOutcomeEvent], base: Scenario, *, every: int = 1
+) -> Scenario:
+    """A scenario calibrated from events; `base` supplies what the data cannot identify.
+
+    Episodes are counted over all events; the other estimators use every
+    `every`-th event (a spread-out sample that bounds memory on large windows).
+    """
     cols = _Columns()
-    for event in events:
-        cols.add(event)
+    for index, event in enumerate(events):
+        cols.episodes[event.episode_id] += 1
+        if index % every == 0:
+            cols.add(event)
     if not cols.episodes:
         raise ScenarioFitError("no events in the window: cannot calibrate a scenario")
     speed = _travel_speed(cols, base.travel_speed_kmh)
@@ -107,8 +129,8 @@ def fit_events(events: Iterable[DispatchOutcomeEvent], base: Scenario) -> Scenar
         n_drivers=int(np.clip(round(float(np.median(cols.n_candidates))), 1, 64)),
         bookings_per_episode=max(1, round(float(np.median(list(cols.episodes.values()))))),
         arrival_rate_by_hour=_arrivals(cols),
-        pickup_points=_thin(cols.pickups),
-        dropoff_points=_thin(cols.dropoffs),
+        pickup_points=_thin(cols.pickup_lat, cols.pickup_lon),
+        dropoff_points=_thin(cols.dropoff_lat, cols.dropoff_lon),
         priority_mix=_priority_mix(cols.priorities),
         lead_time_min=max(float(lead.min()), 0.0),
         lead_time_mean_extra_min=max(float(lead.mean() - max(lead.min(), 0.0)), 0.0),
@@ -123,20 +145,23 @@ def fit_events(events: Iterable[DispatchOutcomeEvent], base: Scenario) -> Scenar
 
 
 def _arrivals(cols: _Columns) -> tuple[float, ...]:
-    counts = np.bincount(np.asarray(cols.hours), minlength=24)[:24]
-    return tuple(float(c) / len(cols.episodes) for c in counts)
+    counts = np.bincount(np.asarray(cols.hours, dtype=np.int64), minlength=24)[:24]
+    per_sampled = sum(cols.episodes.values()) / len(cols.hours)  # undo the `every` sampling
+    return tuple(float(c) * per_sampled / len(cols.episodes) for c in counts)
 
 
-def _thin(points: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+def _thin(lat: array[float], lon: array[float]) -> tuple[tuple[float, float], ...]:
     """At most MAX_POINTS, evenly spread over the window (not just its start)."""
-    if len(points) <= MAX_POINTS:
-        return tuple(points)
-    keep = np.linspace(0, len(points) - 1, MAX_POINTS).round().astype(np.int64)
-    return tuple(points[i] for i in keep)
+    keep = np.arange(len(lat))
+    if len(lat) > MAX_POINTS:
+        keep = np.linspace(0, len(lat) - 1, MAX_POINTS).round().astype(np.int64)
+    return tuple((lat[i], lon[i]) for i in keep)
 
 
-def _priority_mix(priorities: list[int]) -> tuple[float, float, float]:
-    counts = np.bincount(np.asarray(priorities), minlength=4)[1:4].astype(np.float64)
+def _priority_mix(priorities: array[float]) -> tuple[float, float, float]:
+    counts = np.bincount(np.asarray(priorities, dtype=np.int64), minlength=4)[1:4].astype(
+        np.float64
+    )
     mix = counts / counts.sum()
     return (float(mix[0]), float(mix[1]), float(1.0 - mix[0] - mix[1]))
 
@@ -150,7 +175,7 @@ def _travel_speed(cols: _Columns, fallback: float) -> float:
 
 
 def _service_min(cols: _Columns, speed: float, fallback: float) -> float:
-    served = ~np.asarray(cols.cancelled)
+    served = np.asarray(cols.cancelled) == 0.0
     if not served.any():
         return fallback
     trip_min = np.asarray(cols.trip_km)[served] / speed * 60.0

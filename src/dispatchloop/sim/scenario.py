@@ -137,10 +137,18 @@ class Scenario:
 
     @classmethod
     def fit(cls, store: ReplayStore, window: TimeWindow, base: Scenario | None = None) -> Scenario:
-        """Calibrate from stored events; see `dispatchloop.sim.calibration` for the estimators."""
-        from dispatchloop.sim.calibration import fit_events  # noqa: PLC0415 - avoids a cycle
+        """Calibrate from stored events; see `dispatchloop.sim.calibration` for the estimators.
 
-        return fit_events(store.iter_events(window), base or cls.default())
+        Beyond MAX_FIT_EVENTS events in the window, a spread-out sample feeds the
+        estimators (episodes are still counted over all), so memory stays bounded.
+        """
+        from dispatchloop.sim.calibration import (  # noqa: PLC0415 - avoids a cycle
+            MAX_FIT_EVENTS,
+            fit_events,
+        )
+
+        every = max(1, -(-store.count_events(window) // MAX_FIT_EVENTS))
+        return fit_events(store.iter_events(window), base or cls.default(), every=every)
 
     # --- serialisation -------------------------------------------------------------------
 

@@ -48,3 +48,13 @@ def test_invalid_scenarios_are_rejected_with_the_reason() -> None:
         dataclasses.replace(Scenario.default(), priority_mix=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="arrival_rate_by_hour"):
         dataclasses.replace(Scenario.default(), arrival_rate_by_hour=(0.0,) * 24)
+
+
+def test_sampling_every_kth_event_keeps_the_estimates() -> None:
+    events = [DispatchOutcomeEvent.model_validate(e) for e in event_stream(6, 19 * 40)]
+    full = fit_events(events, Scenario.default())
+    sampled = fit_events(events, Scenario.default(), every=3)
+    assert sampled.bookings_per_episode == full.bookings_per_episode == 19
+    assert sum(sampled.arrival_rate_by_hour) == pytest.approx(19.0)  # rescaled to all events
+    np.testing.assert_allclose(sampled.priority_mix, full.priority_mix, atol=0.06)
+    assert len(sampled.pickup_points) == -(-19 * 40 // 3)
