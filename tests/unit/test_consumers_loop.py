@@ -337,3 +337,13 @@ def test_every_delivered_letter_names_reason_and_source(letters: int) -> None:
             "dlq.source.partition",
             "dlq.source.offset",
         ]
+
+
+def test_idle_exit_does_not_fire_while_a_batch_keeps_failing() -> None:
+    consumer = FakeConsumer(values(4, bad_at=[]))
+    store = FakeStore(failures=100)
+    loop = make_loop(consumer, store, FakeDlq(), CollectorRegistry())
+    totals = loop.run(idle_exit_s=0.05)
+    # The store failed 100 times (~0.15 s) (each with a backoff pause), then the batch went through.
+    assert store.failures == 0 and totals.processed == 4
+    assert consumer.committed == [4]

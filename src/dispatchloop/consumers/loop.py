@@ -181,6 +181,7 @@ class IngestLoop:
         self._next_lag_at = 0.0
         self._lag_partitions: set[int] = set()
         self._next_stats_at = 0.0
+        self._records_seen_at = 0.0
 
     @classmethod
     def from_settings(
@@ -209,7 +210,7 @@ class IngestLoop:
         idle_exit_s: float | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
     ) -> IngestTotals:
-        last_record_at = time.monotonic()
+        self._records_seen_at = time.monotonic()
         try:
             while not self._stop.is_set():
                 remaining = None if max_events is None else max_events - self.totals.processed
@@ -219,11 +220,10 @@ class IngestLoop:
                     continue
                 report = self._poll_once(remaining)
                 now = time.monotonic()
-                if report is not None and report.records:
-                    last_record_at = now
-                    if on_batch is not None:
-                        on_batch(report)
-                elif idle_exit_s is not None and now - last_record_at >= idle_exit_s:
+                if report is not None and on_batch is not None:
+                    on_batch(report)
+                # Idle means no records at all: a batch that keeps failing is not idle.
+                if idle_exit_s is not None and now - self._records_seen_at >= idle_exit_s:
                     log.info("no new records for %.1f s; stopping", idle_exit_s)
                     break
                 self._refresh_gauges(now)
@@ -286,6 +286,7 @@ class IngestLoop:
 
     def _process(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> BatchReport | None:
         records = sum(len(r) for r in batch.values())
+        self._records_seen_at = time.monotonic()
         self._metrics.consumed.inc(records)
         split = split_records(batch, self._settings.ingest.max_event_bytes)
         try:
