@@ -13,10 +13,11 @@ import optuna
 import pytest
 
 from dispatchloop.rl.hyperparams import DQNConfig
-from dispatchloop.settings import RewardSettings
+from dispatchloop.settings import RewardSettings, Settings
 from dispatchloop.sim.rollout import test_seeds, validation_seeds
 from dispatchloop.sim.scenario import Scenario
 from dispatchloop.tuning.objective import DispatchObjective, ObjectiveSpec
+from dispatchloop.tuning.request import build_request
 from dispatchloop.tuning.space import ONLINE_SPACE
 from dispatchloop.tuning.tune import TuneConfig, tune
 
@@ -57,6 +58,23 @@ def test_tune_in_process_writes_a_report_optuna_can_follow(tmp_path: Path) -> No
     study = optuna.load_study(study_name="tiny", storage=url)
     assert study.best_value == result.best_value
     assert study.user_attrs["dispatchloop.objective"]["steps_per_trial"] == 400
+
+    # Re-tuning (a new study) warm-starts from the previous report at --output.
+    again, spec = build_request(
+        Settings(data_dir=tmp_path),
+        Scenario.default(),
+        trials=1,
+        storage=url,
+        study="next",
+        output=output,
+        steps_per_trial=400,
+        validation_episodes=3,
+        evaluations=2,
+    )
+    assert again.warm_start == result.best_params
+    assert tune(dataclasses.replace(again, show_progress=False), spec).warm_started
+    first = optuna.load_study(study_name="next", storage=url).trials[0]
+    assert first.params == result.best_params
 
 
 def run_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,8 @@ from dispatchloop.tuning.tune import DEFAULT_STUDY, TuneConfig, default_output, 
 
 logger = logging.getLogger(__name__)
 
+PRUNERS: dict[str, PrunerKind] = {"median": "median", "hyperband": "hyperband", "none": "none"}
+
 
 class TuneInputError(ValueError):
     """An option the tuner cannot use, in one sentence (exit code 2)."""
@@ -53,7 +55,9 @@ def build_request(
     _check(steps_per_trial >= evaluations >= 1, "--steps-per-trial must be >= --evaluations >= 1")
     _check(validation_episodes >= 1, "--validation-episodes must be at least 1")
     _check(heartbeat_s >= 1, "--heartbeat must be at least 1 second")
-    _check(pruner in ("median", "hyperband", "none"), "--pruner must be median, hyperband or none")
+    pruner_kind = PRUNERS.get(pruner)
+    if pruner_kind is None:
+        raise TuneInputError("--pruner must be median, hyperband or none")
     if storage is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         storage = default_storage_url(settings)
@@ -62,7 +66,6 @@ def build_request(
         "--storage must be a sqlite:// or postgresql+psycopg:// URL",
     )
     output = output or default_output(settings)
-    pruner_kind: PrunerKind = "median" if pruner == "median" else _pruner(pruner)
     config = TuneConfig(
         storage_url=storage,
         study_name=study,
@@ -84,10 +87,6 @@ def build_request(
         seed=seed,
     )
     return config, spec
-
-
-def _pruner(name: str) -> PrunerKind:
-    return "hyperband" if name == "hyperband" else "none"
 
 
 def _warm_start(explicit: Path | None, output: Path) -> Mapping[str, Any] | None:
