@@ -5,6 +5,7 @@ batches of --batch, as the Kafka ingest loop does once per poll, then writes the
 first 10 % again (all duplicates: the redelivery path). The peer measured in the
 same run is the naive store: SQLite WAL, `INSERT OR IGNORE` on a TEXT UUID key,
 ISO-8601 TEXT timestamps, same indexes, one durable commit per batch.
+PostgreSQL runs twice: executemany, and the COPY bulk path the store uses.
 
     .venv/bin/python benchmarks/store.py                    # 200k events, both backends
     .venv/bin/python benchmarks/store.py --events 20000 --no-postgresql   # smoke test
@@ -30,6 +31,7 @@ import sqlalchemy as sa
 from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
 from dispatchloop.progress import progress
 from dispatchloop.replay import IncomingEvent, open_store
+from dispatchloop.replay.sql_store import SqlReplayStore
 from dispatchloop.testing.events import encode, event_stream
 
 PG_ADMIN = os.environ.get(
@@ -81,8 +83,10 @@ def naive_writer(path: Path) -> tuple[Writer, Callable[[], None]]:
     return write, conn.close
 
 
-def store_writer(url: str) -> tuple[Writer, Callable[[], None]]:
-    store = open_store(url)
+def store_writer(url: str, *, pg_copy: bool = True) -> tuple[Writer, Callable[[], None]]:
+    opened = open_store(url)
+    assert isinstance(opened, SqlReplayStore)
+    store = SqlReplayStore(opened.engine, "benchmark", pg_copy=pg_copy)
     return (lambda batch: store.write_batch(batch).inserted), store.close
 
 
@@ -134,12 +138,15 @@ def run_all(args: argparse.Namespace) -> list[dict[str, object]]:
         store, close = store_writer(f"sqlite:///{tmp}/replay.db")
         results.append(measure("store SQLite", store, events, args.batch))
         close()
-    if args.postgresql:
+    if not args.postgresql:
+        return results
+    for pg_copy in (False, True):
 
-        def run_pg(url: str) -> dict[str, object]:
-            writer, close_pg = store_writer(url)
+        def run_pg(url: str, pg_copy: bool = pg_copy) -> dict[str, object]:
+            writer, close_pg = store_writer(url, pg_copy=pg_copy)
             try:
-                return measure("store PostgreSQL", writer, events, args.batch)
+                name = "COPY + INSERT SELECT" if pg_copy else "executemany"
+                return measure(f"store PostgreSQL ({name})", writer, events, args.batch)
             finally:
                 close_pg()
 

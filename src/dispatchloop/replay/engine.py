@@ -22,6 +22,7 @@ from sqlalchemy.pool import StaticPool
 
 from dispatchloop.replay.base import ReplayStore, StoreUnavailableError
 from dispatchloop.replay.migrate import current_revision, upgrade_to_head
+from dispatchloop.replay.pg_copy import create_staging
 from dispatchloop.replay.sql_store import SqlReplayStore, first_line
 
 SQLITE_CACHE_KIB = 65_536
@@ -135,4 +136,6 @@ def _postgresql_engine(url: URL) -> sa.Engine:
     connect_args: dict[str, Any] = {}
     if "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    sa.event.listen(engine, "connect", create_staging)
+    return engine

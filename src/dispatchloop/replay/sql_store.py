@@ -5,7 +5,8 @@ One class serves both backends; they differ only in how a connection is tuned
 
 Write path (the Kafka ingest hot path, once per poll): duplicates inside the
 batch are dropped in Python first (the first copy wins), then one `executemany`
-of `INSERT ... ON CONFLICT (event_id) DO NOTHING` runs in one transaction. The
+of `INSERT ... ON CONFLICT (event_id) DO NOTHING` runs in one transaction
+(PostgreSQL: COPY into a staging table + one INSERT ... SELECT, see pg_copy.py). The
 driver's rowcount of that statement is exactly the number of new rows, so
 `duplicates = len(batch) - inserted` counts in-batch and already-stored copies
 alike. `ON CONFLICT (event_id)` rather than SQLite's `INSERT OR IGNORE`: OR
@@ -31,6 +32,7 @@ from dispatchloop.replay.base import (
     TimeWindow,
     WriteResult,
 )
+from dispatchloop.replay.pg_copy import copy_insert
 from dispatchloop.replay.schema import TABLE_NAME, events, from_epoch_us, to_epoch_us
 
 # Rows deleted per retention transaction: short enough that the ingest writer
@@ -59,10 +61,12 @@ def _parse(raw: bytes) -> DispatchOutcomeEvent:
 class SqlReplayStore(ReplayStore):
     """The replay store on one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: sa.Engine, description: str) -> None:
+    def __init__(self, engine: sa.Engine, description: str, *, pg_copy: bool = True) -> None:
+        """`pg_copy=False` uses executemany on PostgreSQL too (the benchmark's comparison)."""
         self._engine = engine
         self._description = description
         self._native_uuid = engine.dialect.name == "postgresql"
+        self._pg_copy = pg_copy and self._native_uuid
         placeholders = ", ".join([self._placeholder()] * 5)
         self._insert_sql = (
             f"INSERT INTO {TABLE_NAME} ({_INSERT_COLUMNS}) VALUES ({placeholders}) "
@@ -84,7 +88,10 @@ class SqlReplayStore(ReplayStore):
             return WriteResult(0, len(batch))
         try:
             with self._engine.begin() as conn:
-                inserted = conn.exec_driver_sql(self._insert_sql, rows).rowcount
+                if self._pg_copy:
+                    inserted = copy_insert(conn, rows)
+                else:
+                    inserted = conn.exec_driver_sql(self._insert_sql, rows).rowcount
         except sa.exc.OperationalError as exc:
             raise self._unavailable("write a batch to", exc) from exc
         return WriteResult(inserted, len(batch) - inserted)
