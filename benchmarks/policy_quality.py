@@ -1,0 +1,254 @@
+"""Policy quality: random / greedy / DQN / hindsight on held-out TEST episodes, paired.
+
+Two worlds:
+(i)  the default scenario (9 drivers, 19 bookings in a morning peak);
+(ii) a store-calibrated scenario: a different "real" world (14 drivers, an
+     afternoon peak, slower roads, more urgent bookings...) logs decisions of an
+     epsilon-greedy dispatcher through the simulator's `simulated_events` into a
+     temporary SQLite replay store, and `Scenario.fit` calibrates from the store.
+In each, a DQN is trained with `rl.dqn.train_dispatch` on TRAIN seeds, then all
+four policies play the same TEST seeds (evaluation/simulated.py). The figures
+are the paired differences vs greedy with 99 % t intervals, and the share of
+the greedy→hindsight gap the DQN closes (paired bootstrap 99 % interval).
+Hindsight sees the whole episode in advance: a strong reference, not a rival.
+
+    .venv/bin/python benchmarks/policy_quality.py --record          # full run
+    .venv/bin/python benchmarks/policy_quality.py --episodes 20 \\
+        --train-steps 2000 --logged-events 400                      # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from dispatchloop.evaluation.report import EvaluationReport, build_report
+from dispatchloop.evaluation.simulated import run_dispatch
+from dispatchloop.events import DispatchOutcomeEvent
+from dispatchloop.replay import IncomingEvent, TimeWindow, open_store
+from dispatchloop.rl.dqn import TrainResult, train_dispatch
+from dispatchloop.rl.hyperparams import DQNConfig
+from dispatchloop.rl.policy import DQNPolicy
+from dispatchloop.settings import RewardSettings
+from dispatchloop.sim.policies import GreedyPolicy, HindsightPolicy, Policy, RandomPolicy
+from dispatchloop.sim.producer import LoggingPolicy, simulated_events
+from dispatchloop.sim.rollout import test_seeds
+from dispatchloop.sim.scenario import Scenario
+
+BENCH_FILE = Path(__file__).with_name("BENCHMARKS.md")
+SECTION = "## Policy quality (`benchmarks/policy_quality.py`)"
+TARGET_GAP_SHARE = 0.30
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=500, help="TEST episodes per policy.")
+    parser.add_argument("--train-steps", type=int, default=60_000, help="Simulator steps.")
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--config", type=Path, help="DQNConfig JSON (default: DQNConfig()).")
+    parser.add_argument("--logged-events", type=int, default=3_800, help="Events in the store.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["default", "store"], help="Run one world only.")
+    parser.add_argument("--record", action="store_true", help="Write BENCHMARKS.md.")
+    return parser.parse_args()
+
+
+def logging_world() -> Scenario:
+    """The "real" world of (ii): deliberately unlike the default one."""
+    rates = [0.0] * 24
+    rates[14], rates[15], rates[16] = 8.0, 12.0, 8.0
+    return dataclasses.replace(
+        Scenario.default(),
+        n_drivers=14,
+        bookings_per_episode=28,
+        arrival_rate_by_hour=tuple(rates),
+        priority_mix=(0.45, 0.35, 0.2),
+        travel_speed_kmh=24.0,
+        service_min=10.0,
+        lead_time_mean_extra_min=12.0,
+        unavailable_prob=0.15,
+    )
+
+
+def store_calibrated_scenario(reward: RewardSettings, n_events: int, seed: int) -> Scenario:
+    """Log an epsilon-greedy dispatcher in `logging_world` into SQLite, then fit from it."""
+    logger = LoggingPolicy(GreedyPolicy(), "greedy")
+    with tempfile.TemporaryDirectory(prefix="policy-quality-") as tmp:
+        store = open_store(f"sqlite:///{Path(tmp) / 'replay.db'}")
+        try:
+            batch: list[IncomingEvent] = []
+            events = simulated_events(
+                logging_world(), reward, logger, n_events, seed=seed, epsilon=0.1
+            )
+            for event in events:
+                raw = json.dumps(event, separators=(",", ":")).encode()
+                batch.append(IncomingEvent(DispatchOutcomeEvent.model_validate_json(raw), raw))
+                if len(batch) == 1_000:
+                    store.write_batch(batch)
+                    batch = []
+            if batch:
+                store.write_batch(batch)
+            return Scenario.fit(store, TimeWindow())
+        finally:
+            store.close()
+
+
+class WorldResult(NamedTuple):
+    label: str
+    scenario: Scenario
+    training: TrainResult
+    report: EvaluationReport
+    eval_seconds: dict[str, float]
+
+
+def run_world(
+    label: str, scenario: Scenario, reward: RewardSettings, args: argparse.Namespace
+) -> WorldResult:
+    config = DQNConfig.from_json_file(args.config) if args.config else DQNConfig()
+    print(f"[{label}] training DQN for {args.train_steps} steps ...", flush=True)
+    training = train_dispatch(
+        config, scenario, reward, args.train_steps, seed=args.seed, num_envs=args.num_envs
+    )
+    print(f"[{label}] trained in {training.wall_seconds:.0f} s", flush=True)
+    policies: dict[str, Policy] = {
+        "random": RandomPolicy(args.seed),
+        "greedy": GreedyPolicy(),
+        "dqn": DQNPolicy(training.q_network),
+        "hindsight": HindsightPolicy(),
+    }
+    seeds = test_seeds(args.episodes)
+    runs, seconds = {}, {}
+    for name, policy in policies.items():
+        started = time.perf_counter()
+        runs.update(run_dispatch({name: policy}, scenario, reward, seeds))
+        seconds[name] = time.perf_counter() - started
+        print(f"[{label}] {name}: {args.episodes} episodes in {seconds[name]:.1f} s", flush=True)
+    report = build_report(
+        runs,
+        environment=label,
+        seeds=seeds,
+        baseline="greedy",
+        rng=np.random.default_rng(args.seed),
+        gap_policies=["dqn"],
+    )
+    return WorldResult(label, scenario, training, report, seconds)
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def markdown(world: WorldResult) -> str:
+    report, scenario, training = world.report, world.scenario, world.training
+    lines = [
+        f"**{world.label}** — {scenario.n_drivers} drivers, {scenario.bookings_per_episode} "
+        f"bookings per episode; DQN trained {training.env_steps:,} env steps / "
+        f"{training.gradient_steps:,} gradient steps in {training.wall_seconds:.0f} s.",
+        "",
+        "| policy | mean return | 99 % CI | vs greedy (paired) | 99 % CI | late rate | "
+        "cancel rate | gap closed [99 % CI] | eval s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, policy in report.policies.items():
+        paired = report.paired.get(name)
+        diff = ci = gap = "—"
+        if paired is not None:
+            diff = f"{paired.difference.mean_diff:+.2f}"
+            ci = f"[{paired.difference.ci.low:+.2f}, {paired.difference.ci.high:+.2f}]"
+            if paired.gap is not None and paired.gap.share is not None:
+                gap = f"{100 * paired.gap.share:.0f} %"
+                if paired.gap.ci is not None:
+                    gap += f" [{100 * paired.gap.ci.low:.0f}, {100 * paired.gap.ci.high:.0f}]"
+        lines.append(
+            f"| {name} | {policy.summary.mean:.2f} | [{policy.summary.ci.low:.2f}, "
+            f"{policy.summary.ci.high:.2f}] | {diff} | {ci} | "
+            f"{policy.guardrails['late_rate'].mean:.3f} | "
+            f"{policy.guardrails['cancel_rate'].mean:.3f} | {gap} | "
+            f"{world.eval_seconds[name]:.1f} |"
+        )
+    lines.append("")
+    lines.append(verdict(world))
+    return "\n".join(lines)
+
+
+def verdict(world: WorldResult) -> str:
+    paired = world.report.paired["dqn"]
+    share = paired.gap.share if paired.gap is not None else None
+    beats = paired.difference.ci.low > 0
+    share_text = "n/a" if share is None else f"{100 * share:.0f} %"
+    return (
+        f"DQN vs greedy: {'beats greedy' if beats else 'does NOT beat greedy'} "
+        f"(paired 99 % CI {'above' if beats else 'not above'} zero); gap closed {share_text} "
+        f"(target ≥ {100 * TARGET_GAP_SHARE:.0f} %: "
+        f"{'met' if share is not None and share >= TARGET_GAP_SHARE else 'missed'})."
+    )
+
+
+def machine() -> str:
+    """CPU model from /proc/cpuinfo where there is one (Linux), else the platform's name."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{os.cpu_count()} vCPU {cpu}, {versions}"
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    reward = RewardSettings()
+    started_at = datetime.now(UTC)
+    load_before = load_average()
+    worlds: list[WorldResult] = []
+    if args.only in (None, "default"):
+        worlds.append(run_world("default scenario", Scenario.default(), reward, args))
+    if args.only in (None, "store"):
+        fitted = store_calibrated_scenario(reward, args.logged_events, args.seed + 1)
+        worlds.append(run_world("store-calibrated scenario", fitted, reward, args))
+    header = (
+        f"Run {started_at:%Y-%m-%d %H:%M} UTC on {machine()}; `uptime` load average "
+        f"{load_before} at the start, {load_average()} at the end. "
+        f"{args.episodes} TEST episodes per policy (seeds from 20,000,000), paired by seed; "
+        f"peers (random, greedy, hindsight) measured in the same run on the same seeds."
+    )
+    body = "\n\n".join([header, *(markdown(world) for world in worlds), NOTES])
+    print()
+    print(body)
+    if args.record:
+        record(body)
+
+
+NOTES = """\
+How to read it: "vs greedy" is the mean per-episode difference in the shared
+reward (negative cost: empty km, priority-weighted delay, late and cancellation
+penalties) on the same seeds; "gap closed" is (DQN − greedy) / (hindsight − greedy).
+The DQN, greedy and random are deployable policies; hindsight plans each episode
+knowing every booking in advance and is an upper reference."""
+
+
+def record(body: str) -> None:
+    """Replace the body of the Policy quality section only; other sections are other people's."""
+    text = BENCH_FILE.read_text()
+    start = text.index(SECTION) + len(SECTION)
+    end = text.find("\n## ", start)
+    end = len(text) if end == -1 else end
+    BENCH_FILE.write_text(text[:start] + "\n\n" + body + "\n" + text[end:])
+
+
+if __name__ == "__main__":
+    main()
