@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic.util import CommandError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -63,6 +64,12 @@ def open_store(url: str, *, create: bool = True) -> ReplayStore:
     except StoreUnavailableError:
         engine.dispose()
         raise
+    except CommandError as exc:  # e.g. a revision this version does not know
+        engine.dispose()
+        raise StoreUnavailableError(
+            f"Cannot migrate the replay store at {description} (written by a newer "
+            f"dispatchloop?): {exc}."
+        ) from exc
     return SqlReplayStore(engine, description)
 
 
