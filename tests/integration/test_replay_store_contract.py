@@ -28,8 +28,10 @@ from dispatchloop.replay import (
     sql_store,
 )
 from dispatchloop.replay.migrate import current_revision, head_revision
+from dispatchloop.replay.retention import apply_configured_retention
 from dispatchloop.replay.sql_store import SqlReplayStore
 from dispatchloop.replay.transitions import TransitionCounts, iter_transitions
+from dispatchloop.settings import RetentionSettings
 from dispatchloop.testing.events import encode, event_stream
 
 pytestmark = pytest.mark.integration
@@ -314,6 +316,7 @@ WRITER_SCRIPT = """
 import sys
 from dispatchloop.events import parse_outcome
 from dispatchloop.replay import IncomingEvent, open_store
+from dispatchloop.settings import RetentionSettings
 from dispatchloop.testing.events import encode, event_stream
 
 store = open_store(sys.argv[1])
@@ -341,3 +344,13 @@ def test_missing_store_is_not_created_without_create(tmp_path: Path) -> None:
     created = open_store(f"sqlite:///{path}")
     created.close()
     assert path.is_file()
+
+
+def test_configured_retention_applies_both_limits(store: ReplayStore) -> None:
+    store.write_batch(make_batch(23, 30))
+    now = START + timedelta(minutes=3 * 30)
+    keep_all = RetentionSettings()
+    assert apply_configured_retention(store, keep_all, now) == 0
+    policy = RetentionSettings(max_age_days=(3 * 20) / (24 * 60), max_events=12)
+    assert apply_configured_retention(store, policy, now) == 18  # 10 by age, 8 by count
+    assert store.count_events() == 12
