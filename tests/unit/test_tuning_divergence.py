@@ -13,7 +13,12 @@ from dispatchloop.rl.dqn import TrainingDivergedError
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.scenario import Scenario
 from dispatchloop.tuning import objective as objective_module
-from dispatchloop.tuning.objective import DIVERGED_ATTR, DispatchObjective, ObjectiveSpec
+from dispatchloop.tuning.objective import (
+    DIVERGED_ATTR,
+    DispatchObjective,
+    ObjectiveSpec,
+    _Reporter,
+)
 from dispatchloop.tuning.runner import run_trials
 from dispatchloop.tuning.study import make_pruner, make_storage, open_study
 
@@ -42,3 +47,20 @@ def test_a_diverging_trial_is_pruned_with_its_reason_and_never_best(
     with pytest.raises(ValueError):  # Optuna: no completed trial, so no best
         _ = study.best_trial
     assert isinstance(optuna.load_study(study_name="d", storage=storage), optuna.Study)
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_reports_go_to_optuna_and_only_unfinished_training_is_pruned() -> None:
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    trial = study.ask()
+    reporter = _Reporter(trial, total_steps=200)
+    assert reporter.on_result(200, -90.0) is True  # the final score: reported, never pruned
+    assert not reporter.pruned
+    assert reporter.on_result(104, -95.0) is False  # mid-training: the pruner decides
+    assert reporter.pruned
+    assert reporter.on_result(150, float("nan")) is False  # a NaN score stops training
+    assert trial.study.trials[0].intermediate_values == {1: -90.0, 2: -95.0}

@@ -49,7 +49,7 @@ def test_suggest_config_takes_searched_fields_from_the_trial() -> None:
     base = dataclasses.replace(DQNConfig(), cql_alpha=0.25)
     config = suggest_config(optuna.trial.FixedTrial(params), base)
     assert config.learning_rate == 1e-4
-    assert config.hidden_size == 256
+    assert config.hidden_size == 128
     assert config.n_layers == 3
     assert config.activation == "tanh"
     assert config.cql_alpha == 0.25  # not searched: kept from base

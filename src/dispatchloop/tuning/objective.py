@@ -14,6 +14,7 @@ is not finite is pruned with the reason recorded, so it can never be best.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ class ObjectiveSpec:
             "num_envs": self.num_envs,
             "seed": self.seed,
             "base_config": self.base_config.to_dict(),
-            "space": [param.name for param in self.space],
+            "space": [dataclasses.asdict(param) for param in self.space],
             "featurizer_version": FEATURIZER_VERSION,
         }
 
@@ -88,7 +89,7 @@ class DispatchObjective:
         config = suggest_config(trial, spec.base_config, spec.space)
         train_seed = spec.seed * 1_000_003 + trial.number
         trial.set_user_attr(TRAIN_SEED_ATTR, train_seed)
-        reporter = _Reporter(trial)
+        reporter = _Reporter(trial, spec.steps_per_trial)
         evaluation = EvalCallback(
             self.evaluate, max(spec.steps_per_trial // spec.n_evaluations, 1), reporter.on_result
         )
@@ -106,21 +107,31 @@ class DispatchObjective:
             _prune(trial, f"training diverged: {exc}")
         if reporter.pruned:
             raise optuna.TrialPruned(f"pruned after evaluation {reporter.reports}")
-        value = self.evaluate(DQNPolicy(result.q_network))
+        value = _final_score(evaluation, result.env_steps)
+        if value is None:
+            value = self.evaluate(DQNPolicy(result.q_network))
         if not math.isfinite(value):
             _prune(trial, f"validation return is not finite ({value})")
         return value
 
 
+def _final_score(evaluation: EvalCallback, env_steps: int) -> float | None:
+    """The callback's score of the final network, when its last evaluation was at the end."""
+    if evaluation.results and evaluation.results[-1][0] == env_steps:
+        return evaluation.results[-1][1]
+    return None
+
+
 class _Reporter:
     """EvalCallback's on_result: report to Optuna, stop training when it says prune."""
 
-    def __init__(self, trial: optuna.Trial) -> None:
+    def __init__(self, trial: optuna.Trial, total_steps: int) -> None:
         self._trial = trial
+        self._total_steps = total_steps
         self.reports = 0
         self.pruned = False
 
-    def on_result(self, _steps: int, score: float) -> bool:
+    def on_result(self, steps: int, score: float) -> bool:
         if not math.isfinite(score):
             self.pruned = True
             self._trial.set_user_attr(DIVERGED_ATTR, f"validation return {score}")
@@ -129,6 +140,8 @@ class _Reporter:
         # Steps are evaluation indices, equal for every trial, so the pruner compares
         # like with like even if env steps overshoot a multiple by a vector step.
         self._trial.report(score, self.reports)
+        if steps >= self._total_steps:
+            return True  # training is over: a finished trial completes, it is not pruned
         self.pruned = self._trial.should_prune()
         return not self.pruned
 

@@ -17,6 +17,7 @@ that safe:
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -156,11 +157,12 @@ def open_study(
         pruner=pruner,
         load_if_exists=True,
     )
+    wanted = json.loads(json.dumps(dict(fingerprint)))  # as stored: tuples become lists
     existing = study.user_attrs.get(FINGERPRINT_ATTR)
     if existing is None:
-        study.set_user_attr(FINGERPRINT_ATTR, dict(fingerprint))
-    elif existing != dict(fingerprint):
-        raise StudyMismatchError(_mismatch_sentence(study_name, existing, fingerprint))
+        study.set_user_attr(FINGERPRINT_ATTR, wanted)
+    elif existing != wanted:
+        raise StudyMismatchError(_mismatch_sentence(study_name, existing, wanted))
     return study
 
 
