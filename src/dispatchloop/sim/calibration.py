@@ -6,7 +6,8 @@ real data:
 
 - fleet size: median number of candidates per decision (every driver on shift
   is a candidate); bookings per episode: median events per episode_id.
-- arrivals: decisions per UTC hour of day, divided by the number of episodes.
+- arrivals: decisions per UTC hour of day, divided by the number of episodes;
+  shifts: median episode length and the hours episodes start in (see `_shifts`).
 - locations: up to MAX_POINTS historical pickups and drop-offs (evenly thinned),
   which the simulator resamples with jitter; priority mix: frequencies.
 - lead time (window_start − decided_at): shifted exponential, shift = minimum,
@@ -33,6 +34,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +64,8 @@ class _Columns:
     """
 
     episodes: Counter[str] = field(default_factory=Counter)
+    first_decided: dict[str, float] = field(default_factory=dict)
+    last_decided: dict[str, float] = field(default_factory=dict)
     n_candidates: array[float] = field(default_factory=_floats)
     hours: array[float] = field(default_factory=_floats)
     pickup_lat: array[float] = field(default_factory=_floats)
@@ -79,6 +83,12 @@ class _Columns:
     after_pickup_min: array[float] = field(default_factory=_floats)
     eligible_routine: array[float] = field(default_factory=_floats)
     eligible_urgent: array[float] = field(default_factory=_floats)
+
+    def count_episode(self, event: DispatchOutcomeEvent) -> None:
+        episode, decided = event.episode_id, event.decided_at.timestamp()
+        self.episodes[episode] += 1
+        self.first_decided[episode] = min(self.first_decided.get(episode, decided), decided)
+        self.last_decided[episode] = max(self.last_decided.get(episode, decided), decided)
 
     def add(self, event: DispatchOutcomeEvent) -> None:
         booking, outcome = event.booking, event.outcome
@@ -115,7 +125,7 @@ def fit_events(
     """
     cols = _Columns()
     for index, event in enumerate(events):
-        cols.episodes[event.episode_id] += 1
+        cols.count_episode(event)
         if index % every == 0:
             cols.add(event)
     if not cols.episodes:
@@ -129,6 +139,7 @@ def fit_events(
         n_drivers=int(np.clip(round(float(np.median(cols.n_candidates))), 1, 64)),
         bookings_per_episode=max(1, round(float(np.median(list(cols.episodes.values()))))),
         arrival_rate_by_hour=_arrivals(cols),
+        **_shifts(cols),
         pickup_points=_thin(cols.pickup_lat, cols.pickup_lon),
         dropoff_points=_thin(cols.dropoff_lat, cols.dropoff_lon),
         priority_mix=_priority_mix(cols.priorities),
@@ -148,6 +159,30 @@ def _arrivals(cols: _Columns) -> tuple[float, ...]:
     counts = np.bincount(np.asarray(cols.hours, dtype=np.int64), minlength=24)[:24]
     per_sampled = sum(cols.episodes.values()) / len(cols.hours)  # undo the `every` sampling
     return tuple(float(c) * per_sampled / len(cols.episodes) for c in counts)
+
+
+def _shifts(cols: _Columns) -> dict[str, Any]:
+    """Shift length and start hours from each episode's first and last decision.
+
+    n decisions spread uniformly over a shift of length L span L·(n−1)/(n+1) on
+    average and start L/(n+1) after it begins; both are corrected for. Episodes
+    with one decision say nothing about their length and are left out.
+    """
+    lengths, starts = [], []
+    for episode, n in cols.episodes.items():
+        if n < 2:
+            continue
+        first, last = cols.first_decided[episode], cols.last_decided[episode]
+        shift_s = (last - first) * (n + 1) / (n - 1)
+        lengths.append(shift_s / 3600.0)
+        starts.append(int((first - shift_s / (n + 1)) // 3600 % 24))
+    if not lengths:
+        return {"shift_hours": None, "shift_start_by_hour": None}
+    counts = np.bincount(np.asarray(starts, dtype=np.int64), minlength=24)[:24]
+    return {
+        "shift_hours": float(np.clip(np.median(lengths), 1.0 / 60.0, 24.0)),
+        "shift_start_by_hour": tuple(float(c) / len(starts) for c in counts),
+    }
 
 
 def _thin(lat: array[float], lon: array[float]) -> tuple[tuple[float, float], ...]:

@@ -122,6 +122,7 @@ class _Layout:
 
     def __init__(self, n_b: int, n_d: int) -> None:
         sizes = {
+            "shift_start": 2,  # hour, fraction of the hour
             "hour": n_b,
             "second": n_b,
             "lead": n_b,
@@ -152,9 +153,7 @@ def plans_from_uniforms(scenario: Scenario, uniforms: F64) -> EpisodePlan:
     arrays = scenario.arrays
     n, n_b, n_d = len(uniforms), scenario.bookings_per_episode, scenario.n_drivers
     part = {name: uniforms[:, sl] for name, sl in _layout(n_b, n_d).slices.items()}
-    hours = _categorical(part["hour"], arrays.hour_p)
-    decided = np.sort(np.round(hours * 3600.0 + part["second"] * 3600.0), axis=1)
-    decided = np.minimum(decided, 86_399.0)
+    decided = np.sort(np.round(_decision_hours(scenario, part) * 3600.0), axis=1)
     lead_min = scenario.lead_time_min + scenario.lead_time_mean_extra_min * -np.log1p(-part["lead"])
     window_start = decided + np.round(lead_min * 60.0)
     window_end = window_start + round(scenario.window_min * 60.0)
@@ -182,6 +181,26 @@ def plans_from_uniforms(scenario: Scenario, uniforms: F64) -> EpisodePlan:
         driver_lon=f_lon,
         driver_free_s=decided[:, :1] + np.round(offset_min * 60.0),
     )
+
+
+def _decision_hours(scenario: Scenario, part: dict[str, F64]) -> F64:
+    """Decision times in hours since midnight of the episode's day (may pass 24 in a shift)."""
+    arrays = scenario.arrays
+    if scenario.shift_hours is None:
+        hours = _categorical(part["hour"], arrays.hour_p) + part["second"]
+        return np.asarray(np.minimum(hours, 86_399.0 / 3600.0), dtype=np.float64)
+    start = _categorical(part["shift_start"][:, :1], arrays.start_p) + part["shift_start"][:, 1:]
+    end = start + scenario.shift_hours
+    slot = np.floor(start) + np.arange(int(np.ceil(scenario.shift_hours)) + 1)  # (N, H)
+    low, high = np.maximum(slot, start), np.minimum(slot + 1.0, end)
+    length = np.maximum(high - low, 0.0)
+    weight = arrays.rates[slot.astype(np.int64) % 24] * length
+    weight = np.where(weight.sum(axis=1, keepdims=True) > 0, weight, length)  # a quiet shift
+    cdf = np.cumsum(weight, axis=1)
+    target = part["hour"] * cdf[:, -1:]  # (N, B)
+    chosen = np.minimum((cdf[:, None, :] <= target[:, :, None]).sum(axis=2), slot.shape[1] - 1)
+    rows = np.arange(len(start))[:, None]
+    return np.asarray(low[rows, chosen] + part["second"] * length[rows, chosen], dtype=np.float64)
 
 
 def _categorical(u: F64, p: F64) -> NDArray[np.int64]:
@@ -263,7 +282,7 @@ def situation_batch(
     """The decision situation of booking `step[i]` in each episode i."""
     rows = np.arange(len(step))
     now = plans.decided_s[rows, step]
-    hours, rest = np.divmod(now, 3600.0)
+    hours, rest = np.divmod(now % 86_400.0, 3600.0)  # a shift may run past midnight
     minutes, seconds = np.divmod(rest, 60.0)
     # Same arithmetic as situation_from_event on the logged timestamp.
     hour_of_day = (hours + minutes / 60.0 + seconds / 3600.0 - 0.0) % 24.0

@@ -7,6 +7,9 @@ tuner (a tuner that shrinks the problem to raise the reward is cheating).
 
 One episode is one simulated shift: `bookings_per_episode` booking decisions
 whose decision times follow `arrival_rate_by_hour`, served by `n_drivers`.
+With `shift_hours` set (fitted scenarios), a shift starts at an hour drawn from
+`shift_start_by_hour` and its decisions follow the arrival rates within it, so
+a 24/7 operation with 8-hour shifts keeps the load of 8 hours per episode.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ class Scenario:
     """Booking decisions per episode (one simulated shift)."""
     arrival_rate_by_hour: tuple[float, ...] = field(default_factory=_default_rates)
     """24 values: expected bookings decided in each UTC hour of one shift (shape of arrivals)."""
+    shift_hours: float | None = None
+    """Length of one episode's shift; None: an episode may use the whole day (the default)."""
+    shift_start_by_hour: tuple[float, ...] | None = None
+    """24 weights of the UTC hour a shift starts in (used with shift_hours; None: uniform)."""
     pickup_points: Points = field(default_factory=lambda: _default_points(11, 6, 0.02))
     """Historical pickup positions (lat, lon); bookings resample them with jitter."""
     dropoff_points: Points = field(default_factory=lambda: _default_points(12, 3, 0.01))
@@ -96,6 +103,16 @@ class Scenario:
                 len(self.arrival_rate_by_hour) == 24
                 and min(self.arrival_rate_by_hour) >= 0
                 and sum(self.arrival_rate_by_hour) > 0
+            ),
+            "shift_hours must be within (0, 24]": self.shift_hours is None
+            or 0 < self.shift_hours <= 24,
+            "shift_start_by_hour needs 24 non-negative values with a positive sum": (
+                self.shift_start_by_hour is None
+                or (
+                    len(self.shift_start_by_hour) == 24
+                    and min(self.shift_start_by_hour) >= 0
+                    and sum(self.shift_start_by_hour) > 0
+                )
             ),
             "pickup_points and dropoff_points must not be empty": bool(
                 self.pickup_points and self.dropoff_points
@@ -185,6 +202,9 @@ class Scenario:
             dropoffs=dropoffs,
             all_points=np.concatenate([pickups, dropoffs]),
             hour_p=rates / rates.sum(),
+            rates=rates,
+            start_p=np.asarray(self.shift_start_by_hour or (1.0,) * 24, dtype=np.float64)
+            / float(sum(self.shift_start_by_hour or (1.0,) * 24)),
             priority_p=np.asarray(self.priority_mix, dtype=np.float64)
             / float(sum(self.priority_mix)),
         )
@@ -196,6 +216,8 @@ class ScenarioArrays:
     dropoffs: NDArray[np.float64]
     all_points: NDArray[np.float64]
     hour_p: NDArray[np.float64]
+    rates: NDArray[np.float64]
+    start_p: NDArray[np.float64]
     priority_p: NDArray[np.float64]
 
 

@@ -11,6 +11,7 @@ from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.calibration import ScenarioFitError, fit_events
 from dispatchloop.sim.policies import GreedyPolicy
+from dispatchloop.sim.producer import resolve_policy, simulated_events
 from dispatchloop.sim.rollout import run_episodes, test_seeds
 from dispatchloop.sim.scenario import Scenario
 from dispatchloop.testing.events import event_stream
@@ -58,3 +59,36 @@ def test_sampling_every_kth_event_keeps_the_estimates() -> None:
     assert sum(sampled.arrival_rate_by_hour) == pytest.approx(19.0)  # rescaled to all events
     np.testing.assert_allclose(sampled.priority_mix, full.priority_mix, atol=0.06)
     assert len(sampled.pickup_points) == -(-19 * 40 // 3)
+
+
+def test_fit_recovers_shift_length_and_start_hours() -> None:
+    truth = dataclasses.replace(
+        Scenario.default(),
+        arrival_rate_by_hour=(1.0,) * 24,
+        shift_hours=6.0,
+        shift_start_by_hour=tuple(1.0 if h in (6, 14) else 0.0 for h in range(24)),
+    )
+    events = [
+        DispatchOutcomeEvent.model_validate(e)
+        for e in simulated_events(
+            truth, RewardSettings(), resolve_policy("greedy", 0), 19 * 150, seed=0
+        )
+    ]
+    fitted = fit_events(events, Scenario.default())
+    assert fitted.shift_hours == pytest.approx(6.0, rel=0.1)
+    assert fitted.shift_start_by_hour is not None
+    starts = np.asarray(fitted.shift_start_by_hour)
+    assert starts[[5, 6, 7, 13, 14, 15]].sum() > 0.95  # 06:xx / 14:xx, estimates ± ~20 min
+    assert sum(fitted.arrival_rate_by_hour) == pytest.approx(19.0)
+    # The fitted world keeps the load of a 6-hour shift, not of a whole day.
+    replayed = [
+        DispatchOutcomeEvent.model_validate(e)
+        for e in simulated_events(
+            fitted, RewardSettings(), resolve_policy("greedy", 0), 19 * 20, seed=9
+        )
+    ]
+    spans = [
+        (b.decided_at - a.decided_at).total_seconds() / 3600
+        for a, b in zip(replayed[::19], replayed[18::19], strict=True)
+    ]
+    assert max(spans) <= 6.0 * 1.1 + 1e-9

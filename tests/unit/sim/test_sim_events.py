@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -31,9 +32,20 @@ def _parse(event: dict[str, object]) -> DispatchOutcomeEvent:
     return parsed
 
 
-@pytest.mark.parametrize("seed", [0, 41])
-def test_logged_event_features_and_reward_equal_the_env(seed: int) -> None:
-    scenario = Scenario.default()
+NIGHT_SHIFT = dataclasses.replace(
+    Scenario.default(),
+    arrival_rate_by_hour=(1.0,) * 24,
+    shift_hours=5.0,
+    shift_start_by_hour=tuple(1.0 if h == 22 else 0.0 for h in range(24)),
+)
+
+
+@pytest.mark.parametrize(
+    ("seed", "scenario"),
+    [(0, Scenario.default()), (41, Scenario.default()), (5, NIGHT_SHIFT)],
+    ids=["default-0", "default-41", "night-shift-past-midnight"],
+)
+def test_logged_event_features_and_reward_equal_the_env(seed: int, scenario: Scenario) -> None:
     n_events = 2 * scenario.bookings_per_episode + 3  # crosses two episode boundaries
     events = simulated_events(
         scenario, REWARD, resolve_policy("random", seed), n_events, seed=seed, epsilon=0.3
@@ -113,3 +125,20 @@ def test_scenario_round_trips_through_json(tmp_path: Path) -> None:
     assert load_scenario(path) == scenario
     with pytest.raises(ValueError, match="unknown scenario field"):
         Scenario.from_dict({"fleet": 3})
+
+
+def test_night_shift_runs_past_midnight_within_its_length() -> None:
+    events = [
+        _parse(e)
+        for e in simulated_events(NIGHT_SHIFT, REWARD, resolve_policy("greedy", 1), 19 * 6, seed=1)
+    ]
+    by_episode: dict[str, list[DispatchOutcomeEvent]] = {}
+    for event in events:
+        by_episode.setdefault(event.episode_id, []).append(event)
+    crossed = 0
+    for episode in by_episode.values():
+        first, last = episode[0].decided_at, episode[-1].decided_at
+        assert (first.hour - 22) % 24 < 5  # the shift starts at 22:xx, its bookings after
+        assert (last - first).total_seconds() <= 5 * 3600
+        crossed += last.date() > first.date()
+    assert crossed > 0
