@@ -65,7 +65,9 @@ class RandomPolicy:
 class GreedyPolicy:
     """Earliest ETA to the pickup (availability + drive) among eligible drivers.
 
-    What most dispatch systems do by hand; ties go to the lower index.
+    What most dispatch systems do by hand; ties go to the lower index. The ETA is
+    the observation's `eta_h` feature (featurizer reference speed), i.e. what a
+    dispatcher sees, not the simulator's calibrated speed.
     """
 
     name = "greedy"
