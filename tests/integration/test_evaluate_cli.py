@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,10 +12,14 @@ from typing import Any
 
 import pytest
 
+from dispatchloop.events import DispatchOutcomeEvent
+from dispatchloop.replay import IncomingEvent, open_store
 from dispatchloop.rl.artifacts import save_model
 from dispatchloop.rl.dqn import train_dispatch, train_gym
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.settings import RewardSettings
+from dispatchloop.sim.policies import GreedyPolicy
+from dispatchloop.sim.producer import LoggingPolicy, simulated_events
 from dispatchloop.sim.scenario import Scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,12 +36,16 @@ def dispatch_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: Path, *args: str, store_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DISPATCHLOOP_")},
         "DISPATCHLOOP_DATA_DIR": str(tmp_path / "data"),
         "DISPATCHLOOP_LOG_FORMAT": "json",
     }
+    if store_url is not None:
+        env["DISPATCHLOOP_STORE_URL"] = store_url
     return subprocess.run(
         [sys.executable, "-m", "dispatchloop.cli", "evaluate", *args],
         capture_output=True,
@@ -162,3 +171,30 @@ def test_gym_path_pairs_a_model_with_random(tmp_path: Path) -> None:
     assert data["policies"][str(model)]["mean"] >= 1
     assert data["paired"][str(model)]["vs"] == "random"
     assert "guardrails" not in data["policies"]["random"]
+
+
+def _fill_store(url: str, scenario: Scenario, n_events: int) -> None:
+    """Logged decisions of a greedy dispatcher in `scenario`, stored like ingest would."""
+    store = open_store(url)
+    try:
+        logger = LoggingPolicy(GreedyPolicy(), "greedy")
+        batch = []
+        for event in simulated_events(scenario, RewardSettings(), logger, n_events, seed=5):
+            raw = json.dumps(event).encode()
+            batch.append(IncomingEvent(DispatchOutcomeEvent.model_validate_json(raw), raw))
+        assert store.write_batch(batch).inserted == n_events
+    finally:
+        store.close()
+
+
+def test_store_scenario_is_calibrated_from_the_replay_store(tmp_path: Path, store_url: str) -> None:
+    world = dataclasses.replace(Scenario.default(), n_drivers=13, bookings_per_episode=25)
+    _fill_store(store_url, world, 25 * 8)
+    args = ("--policies", "greedy,hindsight", "--episodes", "4", "--json")
+    fitted = _json(_run(tmp_path, *args, "--scenario", "store", store_url=store_url))
+    default = _json(_run(tmp_path, *args, store_url=store_url))
+    assert fitted["environment"] == "dispatch:store"
+    assert default["environment"] == "dispatch:default"
+    # Same seeds, another world: 25 bookings per episode cost more than the default's 19.
+    assert fitted["policies"]["greedy"]["mean"] < default["policies"]["greedy"]["mean"]
+    assert fitted["policies"]["hindsight"]["mean"] >= fitted["policies"]["greedy"]["mean"]
