@@ -354,3 +354,25 @@ def test_configured_retention_applies_both_limits(store: ReplayStore) -> None:
     policy = RetentionSettings(max_age_days=(3 * 20) / (24 * 60), max_events=12)
     assert apply_configured_retention(store, policy, now) == 18  # 10 by age, 8 by count
     assert store.count_events() == 12
+
+
+def test_postgresql_connection_killed_between_batches_is_survived(pg_url: str) -> None:
+    """A PostgreSQL restart or failover drops pooled connections; the next batch reconnects."""
+    store = open_store(pg_url)
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        batch = make_batch(24, 40)
+        store.write_batch(batch[:20])
+        with admin.connect() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert killed >= 1
+        assert store.write_batch(batch) == (20, 20)
+        assert store.count_events() == 40
+    finally:
+        store.close()
+        admin.dispose()
