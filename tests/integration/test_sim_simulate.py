@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_simulate_produces_valid_events_to_the_broker(
         "DISPATCHLOOP_KAFKA__TOPIC": topic_name,
     }
     args = ["simulate", "--events", "150", "--policy", "greedy", "--epsilon", "0.1"]
-    result = _run_cli([*args, "--seed", "7", "--json"], env)
+    result = _run_cli([*args, "--seed", "7", "--start", "2026-11-20", "--json"], env)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["events"] == 150 and summary["topic"] == topic_name
@@ -71,9 +72,16 @@ def test_simulate_produces_valid_events_to_the_broker(
     assert all(key == e.episode_id.encode() for (key, _), e in zip(records, events, strict=True))
     assert {e.action.policy for e in events} == {"greedy-eps0.1"}
     assert all(e.action.propensity is not None for e in events)
+    assert min(e.decided_at for e in events).date().isoformat() == "2026-11-20"
     # The same events, in episode order, as simulated_events gives without Kafka.
     expected = simulated_events(
-        Scenario.default(), RewardSettings(), resolve_policy("greedy", 7), 150, seed=7, epsilon=0.1
+        Scenario.default(),
+        RewardSettings(),
+        resolve_policy("greedy", 7),
+        150,
+        seed=7,
+        epsilon=0.1,
+        start=datetime(2026, 11, 20, tzinfo=UTC),
     )
     assert {e["event_id"] for e in expected} == {str(e.event_id) for e in events}
 
@@ -90,6 +98,9 @@ def test_simulate_bad_policy_exits_2_with_one_sentence(
     assert "configuration error" in result.stderr
     assert "neither greedy, random, hindsight nor a model directory" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    bad_start = _run_cli(["simulate", "--events", "5", "--start", "yesterday"], env)
+    assert bad_start.returncode == 2
+    assert "--start 'yesterday' is not a date" in bad_start.stderr
 
 
 def test_scenario_fit_recovers_known_parameters(sqlite_url: str) -> None:

@@ -284,6 +284,7 @@ def simulate_to_kafka(
     seed: int,
     scenario_path: Path | None = None,
     company_id: str = "sim",
+    start: datetime = DEFAULT_START,
 ) -> dict[str, Any]:
     """What `dispatchloop simulate` does; returns the summary it prints."""
     scenario = load_scenario(scenario_path)
@@ -295,6 +296,7 @@ def simulate_to_kafka(
         n_events,
         seed=seed,
         epsilon=epsilon,
+        start=start,
         company_id=company_id,
     )
     result = produce(events, settings.kafka, total=n_events, rate=rate)
