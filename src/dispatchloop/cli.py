@@ -148,8 +148,6 @@ def ingest(
 
 
 # --- simulator commands (sim/) ---
-
-
 @app.command("simulate")
 def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
     ctx: typer.Context,
@@ -172,13 +170,19 @@ def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
         Path | None, typer.Option(help="Scenario JSON file (default: the built-in scenario).")
     ] = None,
     company_id: Annotated[str, typer.Option(help="company_id of the events.")] = "sim",
+    start: Annotated[
+        str | None,
+        typer.Option(help="UTC day of the first episode, YYYY-MM-DD (default: 2026-01-01)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Act as a dispatch system: simulate decisions and produce their outcome events to Kafka."""
     import secrets  # noqa: PLC0415 - keep `--help` fast
+    from datetime import UTC, datetime  # noqa: PLC0415
 
     from dispatchloop.logs import configure_logging  # noqa: PLC0415
     from dispatchloop.sim.producer import (  # noqa: PLC0415
+        DEFAULT_START,
         ProduceError,
         SimulateInputError,
         simulate_to_kafka,
@@ -186,6 +190,10 @@ def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
 
     settings = settings_of(ctx)
     configure_logging(settings)
+    try:
+        first_day = DEFAULT_START if start is None else datetime.strptime(start, "%Y-%m-%d")
+    except ValueError:
+        raise fail_config(f"--start {start!r} is not a date like 2026-11-23.") from None
     if seed is None:
         seed = secrets.randbits(31)  # reported in the summary, so the run can be repeated
     try:
@@ -198,6 +206,7 @@ def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
             seed=seed,
             scenario_path=scenario,
             company_id=company_id,
+            start=first_day.replace(tzinfo=UTC),
         )
     except SimulateInputError as exc:
         raise fail_config(f"{exc}.") from None
