@@ -115,7 +115,7 @@ def test_sigterm_finishes_commits_exits_0_and_restart_reads_nothing_twice(
         topic_name,
         sqlite_url,
         f"g-{topic_name}",
-        {"DISPATCHLOOP_KAFKA__MAX_POLL_RECORDS": "200"},
+        {"DISPATCHLOOP_KAFKA__MAX_POLL_RECORDS": "100"},
     )
     log_path = tmp_path / "ingest.log"
     first = start_ingest(env, log_path)
