@@ -88,6 +88,30 @@ def cartpole(seconds: float) -> float:
     return timed(step, seconds)
 
 
+def events_per_second(seconds: float) -> tuple[float, float]:
+    """simulated_events (env + schema-v1 dict + validation) vs the test factory event_stream."""
+    from dispatchloop.sim.producer import resolve_policy, simulated_events
+    from dispatchloop.testing.events import event_stream
+
+    def rate(make: Callable[[int], int]) -> float:
+        n, start = 200, time.perf_counter()
+        done = 0
+        while time.perf_counter() - start < seconds:
+            done += make(n)
+        return done / (time.perf_counter() - start)
+
+    def simulated(n: int) -> int:
+        policy = resolve_policy("greedy", 0)
+        return sum(
+            1 for _ in simulated_events(Scenario.default(), RewardSettings(), policy, n, seed=n)
+        )
+
+    def factory(n: int) -> int:
+        return sum(1 for _ in event_stream(n, n))
+
+    return rate(simulated), rate(factory)
+
+
 def hindsight_ms_per_episode(episodes: int = 20) -> float:
     start = time.perf_counter()
     run_episodes(
@@ -112,6 +136,10 @@ def main() -> None:
     print("\n| path | env steps/s |\n|---|---|")
     for name, rate in rows:
         print(f"| {name} | {rate:,.0f} |")
+    simulated, factory = events_per_second(args.seconds)
+    print("\n| event source (no Kafka) | events/s |\n|---|---|")
+    print(f"| simulated_events (greedy; env + event + validation) | {simulated:,.0f} |")
+    print(f"| peer: testing.events.event_stream (random fields) | {factory:,.0f} |")
     print(f"\nhindsight planner: {hindsight_ms_per_episode():.1f} ms per 19-booking episode")
 
 

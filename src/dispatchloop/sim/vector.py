@@ -114,6 +114,9 @@ class VecDispatchEnv:
             self._restart(np.flatnonzero(terminated))
         return self._observe(), rewards, terminated, infos
 
+    def close(self) -> None:
+        """Nothing to release (no processes, no files); here for gymnasium-style callers."""
+
     def _check_actions(self, plans: EpisodePlan, actions: NDArray[np.int64]) -> None:
         if actions.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
