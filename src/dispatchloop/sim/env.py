@@ -180,6 +180,8 @@ class DispatchEnv(gym.Env[Observation, np.int64]):
         if self._situation is not None and self._situation[0] == self._step:
             return self._situation[1]  # computed for the current observation already
         plans, state = self._require()
+        if self._step >= self.scenario.bookings_per_episode:
+            raise RuntimeError("episode is over: no booking left to decide, call reset()")
         batch = situation_batch(state, plans, np.array([self._step]))
         situation = Situation(
             hour_of_day=float(batch.hour_of_day[0]),

@@ -49,8 +49,10 @@ def test_episode_length_and_termination_info() -> None:
         steps += 1
     assert steps == scenario.bookings_per_episode
     assert set(info["episode"]) >= {"return", "late_rate", "cancel_rate", "empty_km"}
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="episode is over"):
         env.step(0)
+    with pytest.raises(RuntimeError, match="episode is over"):
+        env.situation()
 
 
 def test_masked_action_is_rejected() -> None:
