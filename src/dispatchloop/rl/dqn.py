@@ -69,12 +69,21 @@ class TrainResult(NamedTuple):
 
 @torch.no_grad()
 def td_targets(
-    q_network: QNetwork, target_network: QNetwork, batch: ReplayBatch, double_q: bool
+    q_network: QNetwork,
+    target_network: QNetwork,
+    batch: ReplayBatch,
+    double_q: bool,
+    next_online: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """r + gamma**k * (1 - done) * Q_target(s', a*), a* the best *eligible* action in s'."""
+    """r + gamma**k * (1 - done) * Q_target(s', a*), a* the best *eligible* action in s'.
+
+    `next_online` (the online network's masked Q of s') may be passed in when the
+    caller already computed it.
+    """
     next_target = target_network.q_values(batch.next_observations, batch.next_masks)
     if double_q:  # online network picks a', target network scores it
-        next_online = q_network.q_values(batch.next_observations, batch.next_masks)
+        if next_online is None:
+            next_online = q_network.q_values(batch.next_observations, batch.next_masks)
         next_action = next_online.argmax(dim=1, keepdim=True)
         next_q = next_target.gather(1, next_action).squeeze(1)
     else:
@@ -92,9 +101,20 @@ def dqn_loss(
     cql_alpha: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Huber TD loss (+ CQL penalty); returns (loss, Q of the taken actions)."""
-    q_all = q_network.q_values(batch.observations, batch.masks)
+    next_online = None
+    if double_q:
+        # One online forward pass over s and s' together: half the per-op overhead, which
+        # dominates for these small networks. Only the s half feeds gradients.
+        size = batch.actions.shape[0]
+        both = {
+            k: torch.cat([v, batch.next_observations[k]]) for k, v in batch.observations.items()
+        }
+        q_both = q_network.q_values(both, torch.cat([batch.masks, batch.next_masks]))
+        q_all, next_online = q_both[:size], q_both[size:].detach()
+    else:
+        q_all = q_network.q_values(batch.observations, batch.masks)
     q_taken = q_all.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-    target = td_targets(q_network, target_network, batch, double_q)
+    target = td_targets(q_network, target_network, batch, double_q, next_online)
     loss = torch.nn.functional.smooth_l1_loss(q_taken, target)
     if cql_alpha > 0.0:  # push down Q of actions the logs never took, up the logged one
         penalty = torch.logsumexp(q_all, dim=1) - q_taken  # masked entries add exp(-1e9) = 0
@@ -113,8 +133,9 @@ class Learner:
         self.q_network = q_network
         self.target_network = copy.deepcopy(q_network)
         self.target_network.requires_grad_(False)
+        # fused: one kernel updates every parameter (measurably faster for small nets on CPU).
         self.optimizer = torch.optim.Adam(
-            q_network.parameters(), lr=config.learning_rate, foreach=True
+            q_network.parameters(), lr=config.learning_rate, fused=True
         )
         self.gradient_steps = 0
 
