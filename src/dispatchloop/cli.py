@@ -469,7 +469,13 @@ def demo(  # noqa: PLR0917 - Typer maps one parameter per option
     seed: Annotated[int, typer.Option(help="Seed of simulation, training and evaluation.")] = 0,
 ) -> None:
     """Everything on one machine: local broker → simulate → ingest → train → evaluate."""
-    from dispatchloop.demo import DemoInputError, DemoOptions, run_demo, verdict  # noqa: PLC0415
+    from dispatchloop.demo import (  # noqa: PLC0415
+        DemoFailedError,
+        DemoInputError,
+        DemoOptions,
+        run_demo,
+        verdict,
+    )
     from dispatchloop.logs import configure_logging  # noqa: PLC0415
     from dispatchloop.testing.broker import BrokerStartError  # noqa: PLC0415
 
@@ -486,8 +492,8 @@ def demo(  # noqa: PLR0917 - Typer maps one parameter per option
         summary = run_demo(settings, options, workdir, say=typer.echo)
     except DemoInputError as exc:
         raise fail_config(f"{exc}.") from None
-    except BrokerStartError as exc:
-        typer.echo(f"dispatchloop: demo failed: {exc}", err=True)
+    except (BrokerStartError, DemoFailedError) as exc:
+        typer.echo(f"dispatchloop: demo failed: {str(exc).rstrip('.')}.", err=True)
         raise typer.Exit(EXIT_FAILURE) from None
     typer.echo(verdict(summary))
 

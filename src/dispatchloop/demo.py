@@ -59,6 +59,10 @@ class DemoInputError(ValueError):
     """An unusable demo option (exit code 2)."""
 
 
+class DemoFailedError(RuntimeError):
+    """A stage did not do what it must (e.g. the store lacks produced events): exit code 1."""
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     """Sizes of each stage; the defaults finish in a few minutes on 2 cores."""
@@ -185,6 +189,10 @@ def run_demo(
     stats, dataset, scenario = _read_store(settings)
     for line in stats_lines(stats):
         say(f"    {line}")
+    if stats.events != produced["events"]:
+        raise DemoFailedError(
+            f"the store holds {stats.events} events but {produced['events']} were produced"
+        )
     offline, finetune, model_dir, onnx_problem = _train(
         settings, options, dataset, scenario, workdir
     )
