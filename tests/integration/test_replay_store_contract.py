@@ -376,3 +376,22 @@ def test_postgresql_connection_killed_between_batches_is_survived(pg_url: str) -
     finally:
         store.close()
         admin.dispose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["not a url", "mysql://u:secret@h/db", "postgresql+psycopg2://u:secret@h/db", "sqlite+x:///a"],
+)
+def test_unsupported_store_urls_are_explained_without_the_password(url: str) -> None:
+    with pytest.raises(StoreUnavailableError) as caught:
+        open_store(url)
+    assert "secret" not in str(caught.value)
+    assert str(caught.value).endswith(".")
+
+
+def test_plain_postgresql_scheme_uses_psycopg(pg_url: str) -> None:
+    store = open_store(pg_url.replace("postgresql+psycopg://", "postgresql://"))
+    try:
+        assert store.write_batch(make_batch(25, 3)) == (3, 0)
+    finally:
+        store.close()

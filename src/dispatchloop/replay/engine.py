@@ -34,6 +34,7 @@ SQLITE_PAGE_SIZE = 16_384
 SQLITE_WAL_AUTOCHECKPOINT = 1_000  # pages; SQLite's default, no measured gain above it
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
+_SUPPORTED = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
 
 
 class StoreMissingError(StoreUnavailableError):
@@ -76,9 +77,11 @@ def open_store(url: str, *, create: bool = True) -> ReplayStore:
 def _parse_url(url: str) -> URL:
     try:
         parsed = make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise StoreUnavailableError(f"The store URL {url!r} is not a valid URL.") from exc
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+    except sa.exc.ArgumentError as exc:  # the URL is not echoed: it may hold a password
+        raise StoreUnavailableError("The store URL is not a valid database URL.") from exc
+    if parsed.drivername == "postgresql":  # psycopg (3) is the driver we ship, not psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if (parsed.get_backend_name(), parsed.get_driver_name()) not in _SUPPORTED:
         raise StoreUnavailableError(
             f"The store URL must start with sqlite:// or postgresql+psycopg://, "
             f"not {parsed.drivername}://."
