@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from optuna.trial import TrialState
 
 from dispatchloop.tuning.objective import TRAIN_SEED_ATTR
 from dispatchloop.tuning.runner import WORKER_ATTR
+from dispatchloop.tuning.study import make_pruner, make_storage, open_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -164,3 +166,27 @@ def _kill_during_a_trial(
             return
         time.sleep(0.1)
     pytest.fail("no trial was running after one completed within the timeout")
+
+
+def test_workers_starting_together_on_an_empty_database_all_get_the_study(pg_url: str) -> None:
+    """Optuna's table creation races on a fresh database; every worker must still start."""
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            storage = make_storage(pg_url, heartbeat_interval=5)
+            open_study(
+                storage, "race", seed=0, pruner=make_pruner("none", 1), fingerprint={"seed": 0}
+            )
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert optuna.load_study(study_name="race", storage=pg_url).user_attrs

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -27,6 +28,7 @@ import numpy as np
 import optuna
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy import exc as sa_exc
 
 from dispatchloop.tuning.space import Param, warm_start_params
 
@@ -120,8 +122,25 @@ def make_pruner(kind: PrunerKind, n_reports: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def make_storage(url: str, heartbeat_interval: int) -> RDBStorage:
-    """RDB storage with heartbeats, so trials of killed workers are detected and retried."""
+def make_storage(url: str, heartbeat_interval: int, attempts: int = 5) -> RDBStorage:
+    """RDB storage with heartbeats, so trials of killed workers are detected and retried.
+
+    Workers started together on an empty database race to create Optuna's tables
+    (PostgreSQL answers the loser with a unique violation on pg_type); the loser
+    simply tries again and finds the tables made.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _rdb_storage(url, heartbeat_interval)
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError, sa_exc.OperationalError) as exc:
+            if attempt == attempts:
+                raise
+            logger.warning("creating the study tables raced another worker (%s); retrying", exc)
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _rdb_storage(url: str, heartbeat_interval: int) -> RDBStorage:
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Several processes may share the file: wait for a lock instead of failing at once.
