@@ -11,6 +11,10 @@ Measured in one run, on one torch thread (as training runs):
     .venv/bin/python benchmarks/rl.py [--updates 3000] [--record]
 
 `--record` rewrites the `## RL` section of benchmarks/BENCHMARKS.md with this run.
+
+The machine is shared: wall-clock figures include time spent waiting for a core,
+so updates/s are CPU time of this process (`time.process_time`, one torch
+thread), and latencies are given both as wall time and as CPU time.
 """
 
 from __future__ import annotations
@@ -54,10 +58,10 @@ def _sim_bench():  # type: ignore[no-untyped-def]
 def _rate(step: Callable[[], None], n: int) -> float:
     for _ in range(min(100, n)):
         step()
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(n):
         step()
-    return n / (time.perf_counter() - start)
+    return n / (time.process_time() - start)
 
 
 def ours_flat(updates: int) -> float:
@@ -113,20 +117,22 @@ def sb3_flat(updates: int) -> float:
     )
     model.learn(5_000)  # fills the buffer (no training before learning_starts)
     model.train(gradient_steps=100, batch_size=64)  # warm-up
-    start = time.perf_counter()
+    start = time.process_time()
     model.train(gradient_steps=updates, batch_size=64)
-    return updates / (time.perf_counter() - start)
+    return updates / (time.process_time() - start)
 
 
-def _percentiles(call: Callable[[], object], n: int) -> tuple[float, float]:
+def _percentiles(call: Callable[[], object], n: int) -> tuple[float, float, float, float]:
+    """(wall p50, wall p99, CPU p50, CPU p99) in µs."""
     for _ in range(200):
         call()
-    times = np.empty(n)
+    wall, cpu = np.empty(n), np.empty(n)
     for i in range(n):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         call()
-        times[i] = time.perf_counter() - start
-    return float(np.percentile(times, 50) * 1e6), float(np.percentile(times, 99) * 1e6)
+        cpu[i] = time.process_time() - start_cpu
+        wall[i] = time.perf_counter() - start
+    return tuple(float(np.percentile(t, q) * 1e6) for t in (wall, cpu) for q in (50, 99))  # type: ignore[return-value]
 
 
 def latency(n: int, calls: int, onnx_path: Path, network: CandidateQNetwork) -> list[tuple]:
@@ -187,23 +193,24 @@ def main() -> None:
         peer.append(sb3_flat(args.updates))
     cand = ours_candidate(args.updates)
     lines += [
-        "| gradient updates/s (1 torch thread, batch 64) | updates/s |",
+        "| gradient updates per CPU second (1 torch thread, batch 64) | updates/s |",
         "|---|---|",
         f"| peer: Stable-Baselines3 DQN.train, MLP 64x64 | {max(peer):,.0f} |",
         f"| ours: Learner.update (Double DQN), MLP 64x64 | {max(ours):,.0f} |",
         f"| ours / SB3 | {max(ours) / max(peer):.2f}x |",
         f"| ours: CandidateQNetwork default (128x2, dueling), 9 candidates | {cand:,.0f} |",
         "",
-        "| single decision, default network (128x2, dueling) | p50 µs | p99 µs |",
-        "|---|---|---|",
+        "| single decision, default network (128x2, dueling) "
+        "| wall p50 µs | wall p99 µs | CPU p50 µs | CPU p99 µs |",
+        "|---|---|---|---|---|",
     ]
     network = CandidateQNetwork.from_config(DQNConfig()).eval()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx_model(network, onnx_path)
         for n in (9, 40):
-            for name, p50, p99 in latency(n, args.calls, onnx_path, network):
-                lines.append(f"| {name} | {p50:.1f} | {p99:.1f} |")
+            for name, *figures in latency(n, args.calls, onnx_path, network):
+                lines.append(f"| {name} | " + " | ".join(f"{f:.1f}" for f in figures) + " |")
     sim = _sim_bench()
     lines += [
         "",

@@ -35,7 +35,14 @@ class NumpyCandidateScorer:
                 layer.bias.detach().numpy().astype(np.float32).copy(),
             )
 
-        self._encoder = [linear(m) for m in network.encoder if isinstance(m, torch.nn.Linear)]
+        encoder = [linear(m) for m in network.encoder if isinstance(m, torch.nn.Linear)]
+        # First layer split into candidate and context parts: the context term is computed
+        # once per decision instead of being concatenated onto every candidate row.
+        first_weight, self._first_bias = encoder[0]
+        self._first_candidate = first_weight[: network.n_candidate_features].copy()
+        self._first_context = first_weight[network.n_candidate_features :].copy()
+        self._encoder = encoder[1:]
+        # The advantage head as a vector, so a 2-D matmul gives the scores directly.
         self._advantage = linear(network.advantage)
         self._value = (
             [linear(m) for m in network.value if isinstance(m, torch.nn.Linear)]
@@ -54,18 +61,20 @@ class NumpyCandidateScorer:
         mask: NDArray[np.bool_],
     ) -> NDArray[np.float32]:
         """candidates (B, n, F_c), context (B, F_ctx), mask (B, n) → masked Q (B, n)."""
-        batch, n, _ = candidates.shape
-        ctx = np.broadcast_to(context[:, None, :], (batch, n, context.shape[-1]))
-        h = np.concatenate([candidates, ctx], axis=-1, dtype=np.float32)
+        batch, n, features = candidates.shape
+        rows = candidates.reshape(batch * n, features)  # 2-D matmuls are the fast ones
+        per_decision = context @ self._first_context + self._first_bias  # (B, H)
+        h = (rows @ self._first_candidate).reshape(batch, n, -1) + per_decision[:, None, :]
+        h = self._act(h).reshape(batch * n, -1)
         for weight, bias in self._encoder:
             h = self._act(h @ weight + bias)
-        advantage = (h @ self._advantage[0] + self._advantage[1])[..., 0]
+        advantage = (h @ self._advantage[0] + self._advantage[1]).reshape(batch, n)
         if self._value is None:
             q = advantage
         else:
             w = mask.astype(np.float32)
             count = np.maximum(w.sum(axis=1, keepdims=True), 1.0)
-            pooled = (h * w[..., None]).sum(axis=1) / count
+            pooled = np.einsum("bn,bnh->bh", w, h.reshape(batch, n, -1)) / count
             v = np.concatenate([pooled, context], axis=-1)
             v = self._act(v @ self._value[0][0] + self._value[0][1])
             value = v @ self._value[1][0] + self._value[1][1]
