@@ -69,7 +69,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
             timeout_s=60,
             what="the consumer to join",
         )
-        time.sleep(float(rng.uniform(0.2, 1.2)))
+        time.sleep(float(rng.uniform(0.1, 0.7)))
         assert stop(process, signal.SIGKILL) == -signal.SIGKILL, f"kill {kill} came too late"
         processed_at_kill.append(processed_so_far(store_url))
     # The kills happened while there was work left: the store was not complete at any kill.
@@ -77,8 +77,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     final = start_ingest(env, log_path, "--idle-exit", "6")
     out, _ = final.communicate(timeout=240)
     assert final.returncode == 0, log_path.read_text()[-2_000:]
-    summary = json.loads(out)
-    assert summary["processed"] > 0
+    assert json.loads(out)["stored"] == N_VALID - processed_at_kill[-1]
 
     count, ids = stored_ids(store_url)
     assert count == N_VALID

@@ -53,12 +53,21 @@ class FakeConsumer:
         self.seeks: list[int] = []
         self.listener: Any = None
         self.fail_commits = fail_commits
+        self.polls = 0
+        self.revoke_on_poll = 0
+        self.after_revoke: list[int] = []
         self.closed = False
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
-        if self.listener is not None:
+        self.polls += 1
+        if self.listener is not None and self.polls == self.revoke_on_poll:
+            # A rebalance inside poll: partitions go, come back, reading resumes at the commit.
+            self.listener.on_partitions_revoked([TP])
+            self.after_revoke.append(len(self.committed))
+            self.next_offset = self.committed[-1] if self.committed else 0
             self.listener.on_partitions_assigned([TP])
-            self.listener = None
+        if self.listener is not None and self.polls == 1:
+            self.listener.on_partitions_assigned([TP])
         chunk = self.records[self.next_offset : self.next_offset + min(max_records, 4)]
         self.next_offset += len(chunk)
         return {TP: chunk} if chunk else {}
@@ -347,3 +356,26 @@ def test_idle_exit_does_not_fire_while_a_batch_keeps_failing() -> None:
     # The store failed 100 times (~0.15 s) (each with a backoff pause), then the batch went through.
     assert store.failures == 0 and totals.processed == 4
     assert consumer.committed == [4]
+
+
+def test_rebalance_finishes_the_batch_in_flight_before_partitions_move() -> None:
+    consumer = FakeConsumer(values(8, bad_at=[1]))
+    consumer.revoke_on_poll = 2  # batch one (offsets 0-3) is in flight when this poll revokes
+    dlq, store, registry = FakeDlq(), FakeStore(), CollectorRegistry()
+    delivered_in_callback: list[int] = []
+    original_revoked = IngestLoop.partitions_revoked
+
+    def spy(self: IngestLoop, revoked: list[TopicPartition]) -> None:
+        original_revoked(self, revoked)
+        delivered_in_callback.append(len(dlq.records))
+
+    loop = make_loop(consumer, store, dlq, registry)
+    loop.partitions_revoked = spy.__get__(loop)  # type: ignore[method-assign]
+    totals = loop.run(max_events=9 + 4)
+    assert delivered_in_callback == [1] and consumer.after_revoke == [0]
+    # The in-flight batch was written and its dead letter delivered inside the callback,
+    # but not committed there: it is read again and the store and ledger skip it.
+    assert [source_of(r.headers) for r in dlq.records] == [(TOPIC, 0, 1)]
+    assert len(store.rows) == 8
+    assert consumer.committed[-1] == 9
+    assert totals.duplicates == 3

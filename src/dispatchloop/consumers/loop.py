@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -97,6 +98,15 @@ class IngestHealth:
         }
 
 
+class _InFlight(NamedTuple):
+    """A batch handed to the store writer thread, not yet committed."""
+
+    batch: Mapping[TopicPartition, Sequence[Any]]
+    letters: list[DeadLetter]
+    records: int
+    write: futures.Future[tuple[int, int]]
+
+
 class _Split(NamedTuple):
     valid: list[IncomingEvent]
     letters: list[DeadLetter]
@@ -174,6 +184,8 @@ class IngestLoop:
         self._unscanned: set[TopicPartition] = set()
         self._pending_commit: dict[TopicPartition, OffsetAndMetadata] = {}
         self._consumer: Any | None = None
+        self._writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._inflight: _InFlight | None = None
         self._reader: Any | None = None
         self._stop = threading.Event()
         self.health = IngestHealth()
@@ -234,6 +246,7 @@ class IngestLoop:
     # --- rebalance callbacks (called inside poll) ----------------------------------------
 
     def partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._drain_inflight("partitions revoked")
         for tp in revoked:
             self._ledger.drop(tp)
             self._unscanned.discard(tp)
@@ -269,7 +282,9 @@ class IngestLoop:
         assert consumer is not None
         limit = self._settings.kafka.max_poll_records
         if remaining is not None:
-            limit = min(limit, remaining)
+            limit = min(limit, remaining - self._inflight_records())
+            if limit <= 0:  # the rest of --max-events is in flight: just finish it
+                return self._finish_or_abandon()
         try:
             batch = consumer.poll(
                 timeout_ms=self._settings.ingest.poll_timeout_ms, max_records=limit
@@ -281,29 +296,69 @@ class IngestLoop:
         self.health.broker_ok = True
         self._commit_pending()
         if not batch:
-            return None
+            return self._finish_or_abandon()
         return self._process(batch)
 
     def _process(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> BatchReport | None:
+        """Parse this poll while the previous one is written; then hand this one to the writer.
+
+        Pipelining hides the store write (SQLite and psycopg release the GIL) behind
+        the next poll and parse. Order is kept: batch k is committed only after its
+        write and dead letters are done, and a failure of batch k rewinds k and k+1.
+        """
         records = sum(len(r) for r in batch.values())
         self._records_seen_at = time.monotonic()
         self._metrics.consumed.inc(records)
         split = split_records(batch, self._settings.ingest.max_event_bytes)
         try:
             self._scan_dlq(batch)
-            stored, duplicates = self._write(split.valid)
-            dead = self._deliver_dead_letters(split.letters)
+            report = self._finish_inflight()
         except _BatchFailedError as failure:
-            self._retry_later(batch, failure)
+            self._abandon(failure, batch)
             return None
+        write = self._writer.submit(self._write, split.valid)
+        self._inflight = _InFlight(batch, split.letters, records, write)
+        return report
+
+    def _inflight_records(self) -> int:
+        return 0 if self._inflight is None else self._inflight.records
+
+    def _finish_or_abandon(self) -> BatchReport | None:
+        try:
+            return self._finish_inflight()
+        except _BatchFailedError as failure:
+            self._abandon(failure, None)
+            return None
+
+    def _finish_inflight(self, commit: bool = True) -> BatchReport | None:
+        """Wait for the batch being written, deliver its dead letters, commit it."""
+        inflight = self._inflight
+        if inflight is None:
+            return None
+        stored, duplicates = inflight.write.result()  # re-raises _BatchFailedError
+        dead = self._deliver_dead_letters(inflight.letters)
+        self._inflight = None
         self._backoff.reset()
-        self._queue_commit(batch)
-        self._commit_pending()
-        self.totals.processed += records
+        self._queue_commit(inflight.batch)
+        if commit:
+            self._commit_pending()
+        self.totals.processed += inflight.records
         self.totals.stored += stored
         self.totals.duplicates += duplicates
         self.totals.dead_letters += dead
-        return BatchReport(records, stored, duplicates, dead)
+        return BatchReport(inflight.records, stored, duplicates, dead)
+
+    def _abandon(
+        self, failure: _BatchFailedError, batch: Mapping[TopicPartition, Sequence[Any]] | None
+    ) -> None:
+        """Nothing in flight or just polled is committed: rewind to the oldest of it all."""
+        positions = rewind_positions(batch) if batch else {}
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            futures.wait([inflight.write])  # a scan failure can leave it running
+            for tp, offset in rewind_positions(inflight.batch).items():
+                positions[tp] = min(offset, positions.get(tp, offset))
+        self._retry_later(positions, failure)
 
     def _scan_dlq(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
         """First records of a newly assigned partition: learn what the DLQ already holds."""
@@ -365,16 +420,16 @@ class IngestLoop:
         )
 
     def _retry_later(
-        self, batch: Mapping[TopicPartition, Sequence[Any]], failure: _BatchFailedError
+        self, positions: Mapping[TopicPartition, int], failure: _BatchFailedError
     ) -> None:
-        """Nothing of this batch is committed: rewind so it is processed again, after a pause."""
+        """Seek back so the records are processed again, after a pause."""
         if not failure.counted:
             self._metrics.errors.labels(kind=failure.kind).inc()
         self.health.last_error = failure.message
         log.warning("batch not committed, will retry: %s", failure.message)
         assert self._consumer is not None
         assigned = self._consumer.assignment()
-        for tp, offset in rewind_positions(batch).items():
+        for tp, offset in positions.items():
             if tp in assigned:
                 self._consumer.seek(tp, offset)
         self._stop.wait(self._backoff.next_delay())
@@ -461,7 +516,23 @@ class IngestLoop:
         log.warning("%s: %r; retrying in %.1f s", what, exc, delay)
         self._stop.wait(delay)
 
+    def _drain_inflight(self, why: str) -> None:
+        """Finish the batch in flight without committing (kafka-python refuses a blocking
+        commit inside a rebalance callback): its dead letters reach the DLQ before another
+        member scans it, and whoever owns the partitions next re-reads the uncommitted
+        records, which the store skips as duplicates."""
+        if self._inflight is None:
+            return
+        try:
+            self._finish_inflight(commit=False)
+        except _BatchFailedError as failure:
+            self._inflight = None
+            if not failure.counted:
+                self._metrics.errors.labels(kind=failure.kind).inc()
+            log.warning("%s: batch in flight dropped, will be re-read: %s", why, failure.message)
+
     def _close_consumer(self) -> None:
+        self._drain_inflight("consumer closing")
         consumer, self._consumer = self._consumer, None
         self.health.joined = False
         self._unscanned.clear()
@@ -472,6 +543,15 @@ class IngestLoop:
             except KafkaError as exc:
                 log.warning("closing the consumer failed: %r", exc)
 
+    def _finish_or_abandon_quietly(self) -> None:
+        try:
+            self._finish_inflight()
+        except _BatchFailedError as failure:
+            self._inflight = None
+            if not failure.counted:
+                self._metrics.errors.labels(kind=failure.kind).inc()
+            log.warning("stopping: last batch not committed, will be re-read: %s", failure.message)
+
     def _close_reader(self) -> None:
         reader, self._reader = self._reader, None
         if reader is not None:
@@ -481,6 +561,9 @@ class IngestLoop:
                 log.warning("closing the DLQ reader failed: %r", exc)
 
     def _shutdown(self) -> None:
+        if self._consumer is not None:
+            self._finish_or_abandon_quietly()
+        self._writer.shutdown(wait=True)
         self._commit_pending()
         self._close_consumer()
         self._close_reader()
