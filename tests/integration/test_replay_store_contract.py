@@ -395,3 +395,23 @@ def test_plain_postgresql_scheme_uses_psycopg(pg_url: str) -> None:
         assert store.write_batch(make_batch(25, 3)) == (3, 0)
     finally:
         store.close()
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(store_url: str) -> None:
+    """Daemon and CLI may create the store together: the migration runs once, under a lock."""
+    code = (
+        "import sys; from dispatchloop.replay import open_store; "
+        "s = open_store(sys.argv[1]); print(s.count_events()); s.close()"
+    )
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, store_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [opener.communicate(timeout=120) for opener in openers]
+    assert [opener.returncode for opener in openers] == [0, 0, 0, 0], results
+    assert [out.strip() for out, _ in results] == ["0"] * 4

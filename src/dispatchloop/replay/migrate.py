@@ -42,14 +42,19 @@ def current_revision(conn: sa.Connection) -> str | None:
 
 
 def upgrade_to_head(engine: sa.Engine) -> None:
-    """Apply missing migrations in one transaction (PostgreSQL: under an advisory lock)."""
+    """Apply missing migrations in one locked transaction (PostgreSQL: an advisory lock;
+    SQLite: BEGIN IMMEDIATE, the database's writer lock)."""
     head = head_revision()
     with engine.connect() as conn:
         if current_revision(conn) == head:
             return
     with engine.begin() as conn:
+        # Two processes opening a new store at once (daemon + CLI) must not both run
+        # the DDL: take the writer lock first; the loser then finds the store at head.
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         config = _config()
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
