@@ -253,10 +253,12 @@ single training seed, 8 vector envs; load average 4-8 during these runs):
 | gamma 0.9, lr 1e-3 | 60,000 | +8.01 [+4.85, +11.17] | 30 % |
 | gamma 0.7, n_step 1, lr 1e-3 (used above) | 30,000 | +9.63 [+6.09, +13.17] | 36 % |
 
-A shorter horizon helps most (gamma 0.7 at 30k steps does what gamma 0.9
-needs 60k for): most of a decision's cost is its own booking's empty km and
-delay, and the long bootstrapped tail mostly adds variance at this budget.
-The chosen overrides are in `benchmarks/policy_quality_dqn.json`."""
+A shorter horizon helped most (gamma 0.7 at 30k steps did what gamma 0.9
+needed 60k for). Likely why: most of a decision's cost is its own booking's
+empty km and delay, and a long bootstrapped tail adds variance at this budget.
+One training seed per row and gamma changed together with n_step, so the
+ranking is indicative, not a study. The overrides are in
+`benchmarks/policy_quality_dqn.json`."""
 
 
 def record(body: str) -> None:
