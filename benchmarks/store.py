@@ -9,6 +9,7 @@ PostgreSQL runs twice: executemany, and the COPY bulk path the store uses.
 
     .venv/bin/python benchmarks/store.py                    # 200k events, both backends
     .venv/bin/python benchmarks/store.py --events 20000 --no-postgresql   # smoke test
+    .venv/bin/python benchmarks/store.py --no-postgresql --sqlite-page-sizes 4096,16384
 
 Prints a Markdown table (copy it into benchmarks/BENCHMARKS.md with the load average).
 """
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 
 from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
 from dispatchloop.progress import progress
-from dispatchloop.replay import IncomingEvent, open_store
+from dispatchloop.replay import IncomingEvent, engine, open_store
 from dispatchloop.replay.sql_store import SqlReplayStore
 from dispatchloop.testing.events import encode, event_stream
 
@@ -144,9 +145,12 @@ def run_all(args: argparse.Namespace) -> list[dict[str, object]]:
         naive, close = naive_writer(Path(tmp) / "naive.db")
         results.append(measure("naive SQLite (TEXT key, OR IGNORE)", naive, events, args.batch))
         close()
-        store, close = store_writer(f"sqlite:///{tmp}/replay.db")
-        results.append(measure("store SQLite", store, events, args.batch))
-        close()
+        for page_size in args.sqlite_page_sizes:
+            engine.SQLITE_PAGE_SIZE = page_size  # takes effect when the file is created
+            store, close = store_writer(f"sqlite:///{tmp}/replay-{page_size}.db")
+            name = f"store SQLite ({page_size // 1024} KiB pages)"
+            results.append(measure(name, store, events, args.batch))
+            close()
     if not args.postgresql:
         return results
     for pg_copy in (False, True):
@@ -178,6 +182,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=2_000)
     parser.add_argument("--no-postgresql", dest="postgresql", action="store_false")
+    parser.add_argument(
+        "--sqlite-page-sizes",
+        type=lambda text: [int(size) for size in text.split(",")],
+        default=[engine.SQLITE_PAGE_SIZE],
+        help="Comma-separated page sizes to compare, e.g. 4096,16384 (default: the store's).",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()
     results = run_all(args)
