@@ -139,3 +139,18 @@ def test_no_pickle_in_the_artifact(tmp_path: Path, network: CandidateQNetwork) -
     names = sorted(p.name for p in artifact.directory.iterdir())
     assert names == ["metadata.json", "model.onnx", "model.safetensors"]
     assert not artifact.weights_path.read_bytes().startswith(b"\x80")  # pickle protocol marker
+
+
+def test_a_failed_save_leaves_nothing_behind(
+    tmp_path: Path, network: CandidateQNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written in a staging directory and renamed at the end: no half model under the name."""
+    from dispatchloop.rl import artifacts
+
+    def broken(*args: object) -> float:
+        raise ArtifactError("ONNX export differs from PyTorch by 1 (tolerance 1e-05)")
+
+    monkeypatch.setattr(artifacts, "verify_onnx", broken)
+    with pytest.raises(ArtifactError, match="differs"):
+        save_model(tmp_path / "m", network, CONFIG, {})
+    assert list(tmp_path.iterdir()) == []

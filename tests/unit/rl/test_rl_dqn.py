@@ -195,3 +195,14 @@ def test_offline_training_with_cql_runs_and_counts_steps() -> None:
     assert result.gradient_steps == 120 and result.env_steps == 0
     assert np.isfinite(result.final_loss)
     assert recorder.events == ["start", "end"]
+
+
+def test_progress_callback_reports_every_step_once() -> None:
+    import logging
+
+    from dispatchloop.progress import progress
+    from dispatchloop.rl.callbacks import ProgressCallback
+
+    with progress("train", 700, show_bar=False, logger=logging.getLogger("t")) as bar:
+        train_gym(SMALL, "CartPole-v1", 700, seed=0, callbacks=[ProgressCallback(bar, 256)])
+    assert bar.done == 700
