@@ -237,7 +237,7 @@ def train(  # noqa: PLR0917 - Typer maps one parameter per option
         typer.Option(
             "--sim-steps",
             min=0,
-            help="Env steps in the simulator [default: 50000; 0 with --from-store].",
+            help="Env steps in the simulator (default 50000; 0 with --from-store).",
         ),
     ] = None,
     env: Annotated[
