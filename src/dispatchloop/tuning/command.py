@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 
+from dispatchloop.evaluation.simulated import ScenarioSource
 from dispatchloop.settings import Settings
 from dispatchloop.sim.scenario import Scenario
 from dispatchloop.tuning.compare import CompareInputError, CompareRequest, compare
@@ -27,11 +28,13 @@ __all__ = [
 ]
 
 
-def scenario_source(value: str) -> Any:
+def scenario_source(value: str) -> ScenarioSource:
     """`default` or `store`, else a TuneInputError naming the choices."""
-    if value not in ("default", "store"):
-        raise TuneInputError(f"--scenario must be default or store, got {value!r}")
-    return value
+    if value == "default":
+        return "default"
+    if value == "store":
+        return "store"
+    raise TuneInputError(f"--scenario must be default or store, got {value!r}")
 
 
 def run_tune(settings: Settings, scenario: Scenario, **options: Any) -> TuneResult:
