@@ -28,8 +28,9 @@ from dispatchloop.replay.sql_store import SqlReplayStore, first_line
 
 SQLITE_CACHE_KIB = 65_536
 # 16 KiB pages: a batch of 2,000 ~1.9 KB events writes a third of the WAL frames
-# it does with 4 KiB pages; measured ~1.9x faster write_batch (benchmarks/store.py,
-# 32 and 64 KiB were slower again). Applies when the database file is created.
+# it does with 4 KiB pages; write_batch 1.35x faster at 200k events (BENCHMARKS.md,
+# store run 3; 32 and 64 KiB were slower in a scratch sweep). Applies when the
+# database file is created; existing files keep their page size.
 SQLITE_PAGE_SIZE = 16_384
 SQLITE_WAL_AUTOCHECKPOINT = 1_000  # pages; SQLite's default, no measured gain above it
 SQLITE_BUSY_TIMEOUT_MS = 30_000
