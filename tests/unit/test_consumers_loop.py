@@ -350,10 +350,10 @@ def test_every_delivered_letter_names_reason_and_source(letters: int) -> None:
 
 def test_idle_exit_does_not_fire_while_a_batch_keeps_failing() -> None:
     consumer = FakeConsumer(values(4, bad_at=[]))
-    store = FakeStore(failures=100)
+    store = FakeStore(failures=400)
     loop = make_loop(consumer, store, FakeDlq(), CollectorRegistry())
-    totals = loop.run(idle_exit_s=0.05)
-    # The store failed 100 times (~0.15 s) (each with a backoff pause), then the batch went through.
+    totals = loop.run(idle_exit_s=0.3)
+    # The store failed 400 times (backoff 1-2 ms each: well over 0.3 s), then went through.
     assert store.failures == 0 and totals.processed == 4
     assert consumer.committed == [4]
 

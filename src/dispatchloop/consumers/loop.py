@@ -343,8 +343,6 @@ class IngestLoop:
         if commit:
             self._commit_pending()
         self.totals.processed += inflight.records
-        self.totals.stored += stored
-        self.totals.duplicates += duplicates
         self.totals.dead_letters += dead
         return BatchReport(inflight.records, stored, duplicates, dead)
 
@@ -394,6 +392,10 @@ class IngestLoop:
         self.health.store_ok = True
         self._metrics.stored.inc(result.inserted)
         self._metrics.duplicates.inc(result.duplicates)
+        # Counted when written, not when committed: rows of a batch that is written and
+        # then rewound (e.g. its dead letters failed) are stored, and come back as duplicates.
+        self.totals.stored += result.inserted
+        self.totals.duplicates += result.duplicates
         return result.inserted, result.duplicates
 
     def _deliver_dead_letters(self, letters: list[DeadLetter]) -> int:
