@@ -48,6 +48,15 @@ def processed_so_far(store_url: str) -> int:
         store.close()
 
 
+def owned_assignments(log_path: Path) -> int:
+    """How many times the process logged a non-empty partition assignment."""
+    return sum(
+        1
+        for line in log_lines(log_path)
+        if line["msg"] == "partitions assigned" and line["partitions"]
+    )
+
+
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     kafka_bootstrap: str, topic_name: str, store_url: str, tmp_path: Path
 ) -> None:
@@ -55,25 +64,28 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     create_topic(kafka_bootstrap, topic_name, 3)
     create_topic(kafka_bootstrap, f"{topic_name}.dlq", 3)
     stream = produce_mixed(kafka_bootstrap, topic_name, N_VALID, seed=11, malformed_per_kind=6)
-    env = ingest_env(kafka_bootstrap, topic_name, store_url, f"g-{topic_name}")
+    env = ingest_env(
+        kafka_bootstrap,
+        topic_name,
+        store_url,
+        f"g-{topic_name}",
+        {"DISPATCHLOOP_KAFKA__MAX_POLL_RECORDS": "200"},
+    )
     log_path = tmp_path / "ingest.log"
     processed_at_kill = []
     for kill in range(KILLS):
         process = start_ingest(env, log_path)
-        joined = sum(1 for line in log_lines(log_path) if line["msg"] == "partitions assigned")
+        joined = owned_assignments(log_path)
         wait_until(
-            lambda joined=joined: (
-                sum(1 for line in log_lines(log_path) if line["msg"] == "partitions assigned")
-                > joined
-            ),
+            lambda joined=joined: owned_assignments(log_path) > joined,
             timeout_s=60,
-            what="the consumer to join",
+            what="the consumer to get partitions",
         )
-        time.sleep(float(rng.uniform(0.1, 0.7)))
+        time.sleep(float(rng.uniform(0.3, 1.5)))
         assert stop(process, signal.SIGKILL) == -signal.SIGKILL, f"kill {kill} came too late"
         processed_at_kill.append(processed_so_far(store_url))
-    # The kills happened while there was work left: the store was not complete at any kill.
-    assert min(processed_at_kill) < N_VALID
+    # At least one kill landed mid-stream (some events stored, not all).
+    assert any(0 < stored < N_VALID for stored in processed_at_kill), processed_at_kill
     final = start_ingest(env, log_path, "--idle-exit", "6")
     out, _ = final.communicate(timeout=240)
     assert final.returncode == 0, log_path.read_text()[-2_000:]

@@ -193,7 +193,7 @@ class IngestLoop:
         self._next_lag_at = 0.0
         self._lag_partitions: set[int] = set()
         self._next_stats_at = 0.0
-        self._records_seen_at = 0.0
+        self._records_seen_at: float | None = None
 
     @classmethod
     def from_settings(
@@ -222,7 +222,6 @@ class IngestLoop:
         idle_exit_s: float | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
     ) -> IngestTotals:
-        self._records_seen_at = time.monotonic()
         try:
             while not self._stop.is_set():
                 remaining = None if max_events is None else max_events - self.totals.processed
@@ -235,7 +234,10 @@ class IngestLoop:
                 if report is not None and on_batch is not None:
                     on_batch(report)
                 # Idle means no records at all: a batch that keeps failing is not idle.
-                if idle_exit_s is not None and now - self._records_seen_at >= idle_exit_s:
+                # The idle clock starts at the first assignment: joining a group whose
+                # dead member has not expired yet can take longer than --idle-exit.
+                seen = self._records_seen_at
+                if idle_exit_s is not None and seen is not None and now - seen >= idle_exit_s:
                     log.info("no new records for %.1f s; stopping", idle_exit_s)
                     break
                 self._refresh_gauges(now)
@@ -258,6 +260,9 @@ class IngestLoop:
 
     def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._unscanned.update(assigned)
+        # --idle-exit counts from here too: waiting for a group to hand out partitions
+        # (a dead member's session expiring) is not "no new records".
+        self._records_seen_at = time.monotonic()
         self.totals.partitions.update(tp.partition for tp in assigned)
         self.health.joined = True
         log.info(
