@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import optuna
+from threadpoolctl import threadpool_limits
 
 from dispatchloop.progress import progress
 from dispatchloop.rl.hyperparams import DQNConfig
@@ -79,15 +80,21 @@ class TuneResult(NamedTuple):
 
 
 def tune(config: TuneConfig, spec: ObjectiveSpec) -> TuneResult:
-    """Tune the DQN on the spec's scenario; returns the study's best (from all workers)."""
-    return tune_objective(
-        config,
-        DispatchObjective(spec),
-        fingerprint=spec.fingerprint(),
-        space=spec.space,
-        n_reports=spec.n_evaluations,
-        base=spec.base_config,
-    )
+    """Tune the DQN on the spec's scenario; returns the study's best (from all workers).
+
+    A worker is one core: torch already trains on one thread, and NumPy's BLAS pool is
+    limited to one here too. Unlimited, two workers on two cores ran 4 threads and
+    scaled 1.47x; limited, 2.09x (benchmarks/tuning.py). Scale out with more workers.
+    """
+    with threadpool_limits(limits=1):
+        return tune_objective(
+            config,
+            DispatchObjective(spec),
+            fingerprint=spec.fingerprint(),
+            space=spec.space,
+            n_reports=spec.n_evaluations,
+            base=spec.base_config,
+        )
 
 
 def tune_objective(
