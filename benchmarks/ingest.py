@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
@@ -46,10 +45,8 @@ from dispatchloop.replay import open_store
 from dispatchloop.settings import Settings
 from dispatchloop.testing.broker import start_broker
 from dispatchloop.testing.events import encode, event_stream
+from dispatchloop.testing.postgres import scratch_database
 
-PG_ADMIN_URL = os.environ.get(
-    "DISPATCHLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 DEFAULT_GC_THRESHOLDS = (700, 10, 10)
 GROUP_TIMEOUTS = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000}
 
@@ -149,20 +146,6 @@ def dispatchloop_ingest(bootstrap: str, topic: str, n: int, store_url: str) -> f
     return n / (ended[-1] - (clocks[0].first_records_at or 0.0))
 
 
-def fresh_pg_database() -> tuple[str, Callable[[], None]]:
-    name = f"dl_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
-
-
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
@@ -209,16 +192,13 @@ def main() -> None:
             )
         )
         if not args.skip_postgres:
-            url, drop = fresh_pg_database()
-            try:
+            with scratch_database("dl_bench") as url:
                 rows.append(
                     (
                         "(c) dispatchloop ingest → PostgreSQL",
                         dispatchloop_ingest(broker.bootstrap, topic, n, url),
                     )
                 )
-            finally:
-                drop()
     finally:
         broker.stop()
     load_after = os.getloadavg()

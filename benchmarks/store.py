@@ -22,22 +22,17 @@ import platform
 import sqlite3
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-
-import sqlalchemy as sa
 
 from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
 from dispatchloop.progress import progress
 from dispatchloop.replay import IncomingEvent, engine, open_store
 from dispatchloop.replay.sql_store import SqlReplayStore
 from dispatchloop.testing.events import encode, event_stream
+from dispatchloop.testing.postgres import scratch_database
 
-PG_ADMIN = os.environ.get(
-    "DISPATCHLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 NAIVE_DDL = (
     "CREATE TABLE events (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE,"
     " episode_id TEXT NOT NULL, step INTEGER NOT NULL, decided_at TEXT NOT NULL,"
@@ -126,16 +121,8 @@ def measure(name: str, writer: Writer, raws: list[bytes], batch: int) -> dict[st
 
 
 def with_pg_database(run: Callable[[str], dict[str, object]]) -> dict[str, object]:
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"dl_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        return run(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("dl_bench") as url:
+        return run(url)
 
 
 def run_all(args: argparse.Namespace) -> list[dict[str, object]]:

@@ -30,27 +30,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.scenario import Scenario
+from dispatchloop.testing.postgres import scratch_database
 from dispatchloop.tuning.compare import CompareRequest, compare
 
 BENCH_FILE = Path(__file__).with_name("BENCHMARKS.md")
 SECTION = "## Tuning (`benchmarks/tuning.py`)"
-PG_ADMIN = os.environ.get(
-    "DISPATCHLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,21 +58,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale-trials", type=int, default=10)
     parser.add_argument("--record", action="store_true", help="Write BENCHMARKS.md.")
     return parser.parse_args()
-
-
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    """A throwaway PostgreSQL database for the benchmark's studies."""
-    name = f"dl_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def run_workers(
@@ -141,7 +120,10 @@ def main() -> None:
     args = parse_args()
     load_before = os.getloadavg()
     rows: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp, scratch_database() as pg:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp,
+        scratch_database("dl_bench") as pg,
+    ):
         work = Path(tmp)
         wall_a, study_a = run_workers(2, "study-a", args.trials, pg=pg, args=args, work=work)
         finished = study_a["complete"] + study_a["pruned"]
