@@ -135,11 +135,7 @@ class DispatchEnv(gym.Env[Observation, np.int64]):
     ) -> None:
         self.scenario = scenario
         self.reward_settings = reward
-        self.max_candidates = max_candidates or scenario.n_drivers
-        if self.max_candidates < scenario.n_drivers:
-            raise ValueError(
-                f"max_candidates {self.max_candidates} is below the fleet of {scenario.n_drivers}"
-            )
+        self.max_candidates = scenario.candidate_slots(max_candidates)
         self.observation_space = cast(
             spaces.Space[Observation], observation_space(self.max_candidates)
         )

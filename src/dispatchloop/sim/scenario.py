@@ -169,6 +169,13 @@ class Scenario:
 
     # --- serialisation -------------------------------------------------------------------
 
+    def candidate_slots(self, requested: int | None = None) -> int:
+        """Candidate rows of an observation: the fleet, or more (padding) when requested."""
+        slots = requested or self.n_drivers
+        if slots < self.n_drivers:
+            raise ValueError(f"max_candidates {slots} is below the fleet of {self.n_drivers}")
+        return slots
+
     def to_dict(self) -> dict[str, Any]:
         return {
             f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init

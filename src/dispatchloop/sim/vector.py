@@ -55,11 +55,7 @@ class VecDispatchEnv:
         self.scenario = scenario
         self.reward_settings = reward
         self.num_envs = num_envs
-        self.max_candidates = max_candidates or scenario.n_drivers
-        if self.max_candidates < scenario.n_drivers:
-            raise ValueError(
-                f"max_candidates {self.max_candidates} is below the fleet of {scenario.n_drivers}"
-            )
+        self.max_candidates = scenario.candidate_slots(max_candidates)
         self.single_observation_space = observation_space(self.max_candidates)
         self._rngs: list[np.random.Generator] = []
         self._plans: EpisodePlan | None = None

@@ -112,3 +112,13 @@ def test_vector_env_equals_single_env_on_any_scenario(
         assert rewards[0] == reward_0 and terminated[0] == done
         if done:
             obs, _ = env.reset()
+
+
+def test_both_envs_pad_to_more_candidates_and_refuse_fewer_than_the_fleet() -> None:
+    scenario = Scenario.default()
+    assert DispatchEnv(scenario, RewardSettings(), max_candidates=40).max_candidates == 40
+    assert VecDispatchEnv(scenario, RewardSettings(), 2).max_candidates == scenario.n_drivers
+    with pytest.raises(ValueError, match="below the fleet"):
+        DispatchEnv(scenario, RewardSettings(), max_candidates=scenario.n_drivers - 1)
+    with pytest.raises(ValueError, match="below the fleet"):
+        VecDispatchEnv(scenario, RewardSettings(), 2, max_candidates=scenario.n_drivers - 1)
