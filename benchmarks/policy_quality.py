@@ -15,6 +15,13 @@ Hindsight sees the whole episode in advance: a strong reference, not a rival.
     .venv/bin/python benchmarks/policy_quality.py --record          # full run
     .venv/bin/python benchmarks/policy_quality.py --episodes 20 \\
         --train-steps 2000 --logged-events 400                      # smoke test
+    .venv/bin/python benchmarks/policy_quality.py --split validation \\
+        --episodes 200 --only store --config candidate.json         # selection
+
+`--config` is a JSON object of DQNConfig overrides shared by both worlds, plus an
+optional "worlds" object whose "default" / "store" entries override further for
+one world and may set that world's "train_steps". Choose it on VALIDATION seeds
+(`--split validation`), then run the TEST seeds once with `--record`.
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from dispatchloop.evaluation.report import EvaluationReport, build_report
 from dispatchloop.evaluation.simulated import run_dispatch
@@ -43,12 +52,14 @@ from dispatchloop.rl.policy import DQNPolicy
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.policies import GreedyPolicy, HindsightPolicy, Policy, RandomPolicy
 from dispatchloop.sim.producer import LoggingPolicy, simulated_events
-from dispatchloop.sim.rollout import test_seeds
+from dispatchloop.sim.rollout import test_seeds, validation_seeds
 from dispatchloop.sim.scenario import Scenario
 
 BENCH_FILE = Path(__file__).with_name("BENCHMARKS.md")
 DQN_CONFIG = Path(__file__).with_name("policy_quality_dqn.json")
 """DQNConfig overrides chosen on VALIDATION seeds (see NOTES); the rest are DQNConfig defaults."""
+WORLDS = ("default", "store")
+DEFAULT_TRAIN_STEPS = 30_000
 SECTION = "## Policy quality (`benchmarks/policy_quality.py`)"
 TARGET_GAP_SHARE = 0.30
 
@@ -56,14 +67,52 @@ TARGET_GAP_SHARE = 0.30
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=500, help="TEST episodes per policy.")
-    parser.add_argument("--train-steps", type=int, default=30_000, help="Simulator steps.")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        help=f"Simulator steps (default: the world's train_steps in --config, else "
+        f"{DEFAULT_TRAIN_STEPS:,}).",
+    )
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--config", type=Path, default=DQN_CONFIG, help="DQNConfig JSON.")
     parser.add_argument("--logged-events", type=int, default=3_800, help="Events in the store.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=["default", "store"], help="Run one world only.")
+    parser.add_argument("--only", choices=WORLDS, help="Run one world only.")
+    parser.add_argument(
+        "--split",
+        choices=["test", "validation"],
+        default="test",
+        help="Episodes to play: TEST (the recorded figures) or VALIDATION (for selection).",
+    )
     parser.add_argument("--record", action="store_true", help="Write BENCHMARKS.md.")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.record and args.split != "test":
+        parser.error("--record writes TEST figures only; selection runs use --split validation")
+    return args
+
+
+class WorldSetup(NamedTuple):
+    config: DQNConfig
+    train_steps: int | None
+    """None: the world's config sets no budget, the command line or the default decides."""
+
+
+def world_setup(data: dict[str, object], world: str) -> WorldSetup:
+    """The DQNConfig and training budget of `world`: shared overrides, then the world's own."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}")
+    shared = dict(data)
+    worlds = shared.pop("worlds", {})
+    if not isinstance(worlds, dict):
+        raise ValueError('"worlds" must be an object')
+    unknown = sorted(set(worlds) - set(WORLDS))
+    if unknown:
+        raise ValueError(f"unknown world {unknown[0]!r} in the DQN config")
+    own = dict(worlds.get(world, {}))
+    steps = own.pop("train_steps", None)
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0):
+        raise ValueError(f"train_steps of {world!r} must be a positive integer")
+    return WorldSetup(DQNConfig.from_dict({**shared, **own}), steps)
 
 
 def logging_world() -> Scenario:
@@ -115,12 +164,17 @@ class WorldResult(NamedTuple):
 
 
 def run_world(
-    label: str, scenario: Scenario, reward: RewardSettings, args: argparse.Namespace
+    label: str,
+    world: str,
+    scenario: Scenario,
+    reward: RewardSettings,
+    args: argparse.Namespace,
 ) -> WorldResult:
-    config = DQNConfig.from_json_file(args.config)
-    print(f"[{label}] training DQN for {args.train_steps} steps ...", flush=True)
+    config, configured_steps = world_setup(json.loads(args.config.read_text()), world)
+    steps = args.train_steps or configured_steps or DEFAULT_TRAIN_STEPS
+    print(f"[{label}] training DQN for {steps} steps with {config} ...", flush=True)
     training = train_dispatch(
-        config, scenario, reward, args.train_steps, seed=args.seed, num_envs=args.num_envs
+        config, scenario, reward, steps, seed=args.seed, num_envs=args.num_envs
     )
     print(f"[{label}] trained in {training.wall_seconds:.0f} s", flush=True)
     policies: dict[str, Policy] = {
@@ -129,8 +183,9 @@ def run_world(
         "dqn": DQNPolicy(training.q_network),
         "hindsight": HindsightPolicy(),
     }
-    seeds = test_seeds(args.episodes)
-    runs, seconds = {}, {}
+    seeds = (test_seeds if args.split == "test" else validation_seeds)(args.episodes)
+    runs: dict[str, Mapping[str, NDArray[np.float64]]] = {}
+    seconds: dict[str, float] = {}
     for name, policy in policies.items():
         started = time.perf_counter()
         runs.update(run_dispatch({name: policy}, scenario, reward, seeds))
@@ -218,14 +273,15 @@ def main() -> None:
     load_before = load_average()
     worlds: list[WorldResult] = []
     if args.only in (None, "default"):
-        worlds.append(run_world("default scenario", Scenario.default(), reward, args))
+        worlds.append(run_world("default scenario", "default", Scenario.default(), reward, args))
     if args.only in (None, "store"):
         fitted = store_calibrated_scenario(reward, args.logged_events, args.seed + 1)
-        worlds.append(run_world("store-calibrated scenario", fitted, reward, args))
+        worlds.append(run_world("store-calibrated scenario", "store", fitted, reward, args))
     header = (
         f"Run {started_at:%Y-%m-%d %H:%M} UTC on {machine()}; `uptime` load average "
         f"{load_before} at the start, {load_average()} at the end. "
-        f"{args.episodes} TEST episodes per policy (seeds from 20,000,000), paired by seed; "
+        f"{args.episodes} {args.split.upper()} episodes per policy (seeds from "
+        f"{'20' if args.split == 'test' else '10'},000,000), paired by seed; "
         f"peers (random, greedy, hindsight) measured in the same run on the same seeds."
     )
     body = "\n\n".join([header, *(markdown(world) for world in worlds), NOTES])

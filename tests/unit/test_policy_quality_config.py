@@ -1,0 +1,68 @@
+"""benchmarks/policy_quality.py: shared DQN overrides plus per-world sections."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from dispatchloop.rl.hyperparams import DQNConfig
+
+BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "policy_quality.py"
+
+
+@pytest.fixture(scope="module")
+def policy_quality() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("policy_quality_under_test", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses/NamedTuple look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shared_overrides_then_the_worlds_own(policy_quality: ModuleType) -> None:
+    data = {
+        "gamma": 0.7,
+        "learning_rate": 1e-3,
+        "worlds": {"store": {"gamma": 0.5, "train_steps": 60_000}},
+    }
+    default = policy_quality.world_setup(data, "default")
+    store = policy_quality.world_setup(data, "store")
+    assert default.config == DQNConfig(gamma=0.7, learning_rate=1e-3)
+    assert default.train_steps is None
+    assert store.config == DQNConfig(gamma=0.5, learning_rate=1e-3)
+    assert store.train_steps == 60_000
+    assert data["worlds"] == {"store": {"gamma": 0.5, "train_steps": 60_000}}  # not mutated
+
+
+def test_plain_overrides_without_worlds(policy_quality: ModuleType) -> None:
+    setup = policy_quality.world_setup({"n_step": 1}, "store")
+    assert setup == (DQNConfig(n_step=1), None)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"worlds": {"fitted": {}}}, "unknown world 'fitted'"),
+        ({"worlds": {"store": {"gama": 0.5}}}, "unknown DQN hyperparameter 'gama'"),
+        ({"worlds": {"store": {"train_steps": 0}}}, "positive integer"),
+        ({"worlds": {"store": {"train_steps": 1.5}}}, "positive integer"),
+        ({"worlds": []}, "must be an object"),
+    ],
+)
+def test_refuses_what_it_would_silently_ignore(
+    policy_quality: ModuleType, data: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        policy_quality.world_setup(data, "store")
+
+
+def test_the_committed_config_parses_for_both_worlds(policy_quality: ModuleType) -> None:
+    data = json.loads(policy_quality.DQN_CONFIG.read_text())
+    for world in policy_quality.WORLDS:
+        policy_quality.world_setup(data, world)
