@@ -7,7 +7,8 @@ every failure to a short machine-readable reason for the dead-letter topic.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NamedTuple
+from datetime import datetime
+from typing import Annotated, Any, Literal, NamedTuple, Protocol
 from uuid import UUID
 
 from pydantic import (
@@ -151,6 +152,26 @@ class ModelPromotedEvent(_Wire):
     traffic_share: FiniteFloat = Field(ge=0.0, le=1.0)
     metrics: dict[str, float] = Field(default_factory=dict)
     promoted_at: AwareDatetime
+
+
+class EventKeys(Protocol):
+    """What the replay store indexes an event by (besides its raw bytes).
+
+    A `DispatchOutcomeEvent` has them; so does the ingest loop's cheaper
+    `screening.ScreenedEvent`, which never builds the whole model.
+    """
+
+    @property
+    def event_id(self) -> UUID: ...
+
+    @property
+    def episode_id(self) -> str: ...
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def decided_at(self) -> datetime: ...
 
 
 class Rejection(NamedTuple):

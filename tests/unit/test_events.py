@@ -17,6 +17,7 @@ from dispatchloop.events import (
     outcome_json_schema,
     parse_outcome,
 )
+from dispatchloop.screening import screen_outcome
 from dispatchloop.testing.events import MALFORMED_KINDS, encode, event_stream, malformed_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,10 +72,13 @@ def _design_example() -> dict[str, Any]:
 
 
 def _reject(mutate: Callable[[dict[str, Any]], None]) -> Rejection:
+    """The dead letter, checked to be the same on the ingest loop's screening path."""
     event = _design_example()
     mutate(event)
-    result = parse_outcome(json.dumps(event).encode(), LIMIT)
+    raw = json.dumps(event).encode()
+    result = parse_outcome(raw, LIMIT)
     assert isinstance(result, Rejection), "expected a dead letter"
+    assert screen_outcome(raw, LIMIT) == result
     return result
 
 
@@ -148,6 +152,7 @@ def test_undecodable_records(raw: bytes | None, reason: str):
     result = parse_outcome(raw, LIMIT)
     assert isinstance(result, Rejection)
     assert result.reason == reason
+    assert screen_outcome(raw, LIMIT) == result
 
 
 def test_nan_reward_is_rejected():

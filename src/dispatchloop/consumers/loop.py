@@ -36,8 +36,9 @@ from dispatchloop.consumers.deadletter import (
 )
 from dispatchloop.consumers.metrics import IngestMetrics
 from dispatchloop.consumers.offsets import commit_offsets, lag, rewind_positions
-from dispatchloop.events import Rejection, parse_outcome
+from dispatchloop.events import Rejection
 from dispatchloop.replay.base import IncomingEvent, ReplayStore, StoreUnavailableError
+from dispatchloop.screening import screen_outcome
 from dispatchloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def split_records(batch: Mapping[TopicPartition, Sequence[Any]], max_bytes: int)
     for records in batch.values():
         for record in records:
             value = record.value
-            parsed = parse_outcome(value, max_bytes)
+            parsed = screen_outcome(value, max_bytes)
             if isinstance(parsed, Rejection):
                 letters.append(
                     DeadLetter(

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from dispatchloop.events import DispatchOutcomeEvent
+from dispatchloop.events import DispatchOutcomeEvent, EventKeys
 
 
 class IncomingEvent(NamedTuple):
-    """A validated event with the exact bytes it arrived as."""
+    """A validated event's keys (or the whole event) with the exact bytes it arrived as."""
 
-    event: DispatchOutcomeEvent
+    event: EventKeys
     raw: bytes
 
 

@@ -1,0 +1,238 @@
+"""The ingest loop's fast screening agrees with the pydantic contract it mirrors.
+
+Three things must hold (screening.py's docstring says why): the mirror structs
+carry the same fields and bounds as the models; whatever the fast path accepts,
+`parse_outcome` accepts with identical storage keys; everything else gets
+exactly `parse_outcome`'s verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from dispatchloop import events as contract
+from dispatchloop.events import DispatchOutcomeEvent, Rejection, parse_outcome
+from dispatchloop.screening import MIRRORED_MODELS, ScreenedEvent, screen_outcome
+from dispatchloop.testing.events import MALFORMED_KINDS, encode, event_stream, malformed_record
+
+LIMIT = 65_536
+BOUNDS = ("ge", "gt", "le", "lt", "min_length", "max_length")
+
+
+def _model_bounds(field: FieldInfo) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for constraint in field.metadata:
+        for name in BOUNDS:
+            if getattr(constraint, name, None) is not None:
+                found[name] = getattr(constraint, name)
+    return found
+
+
+def _struct_bounds(kind: msgspec.inspect.Type) -> dict[str, Any]:
+    if isinstance(kind, msgspec.inspect.UnionType):  # `X | None`: the bounds are on X
+        (kind,) = [t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType)]
+    return {name: getattr(kind, name) for name in BOUNDS if getattr(kind, name, None) is not None}
+
+
+@pytest.mark.parametrize("name", sorted(MIRRORED_MODELS))
+def test_mirror_has_the_models_fields_requiredness_defaults_and_bounds(name: str):
+    model: type[BaseModel] = getattr(contract, name)
+    info = msgspec.inspect.type_info(MIRRORED_MODELS[name])
+    assert isinstance(info, msgspec.inspect.StructType)
+    mirrored = {field.name: field for field in info.fields}
+    assert set(mirrored) == set(model.model_fields)
+    for field_name, model_field in model.model_fields.items():
+        struct_field = mirrored[field_name]
+        assert struct_field.required == model_field.is_required(), field_name
+        if not struct_field.required:
+            assert struct_field.default == model_field.default, field_name
+        assert _struct_bounds(struct_field.type) == _model_bounds(model_field), field_name
+
+
+def test_realistic_events_take_the_fast_path_with_the_models_keys():
+    for event in event_stream(seed=5, n_events=300):
+        raw = encode(event)
+        screened = screen_outcome(raw, LIMIT)
+        parsed = parse_outcome(raw, LIMIT)
+        assert isinstance(screened, ScreenedEvent)
+        assert isinstance(parsed, DispatchOutcomeEvent)
+        assert _keys(screened) == _keys(parsed)
+
+
+def test_malformed_records_get_the_models_reason():
+    valid = next(event_stream(seed=6, n_events=1))
+    rng = np.random.default_rng(1)
+    for kind in MALFORMED_KINDS:
+        raw = malformed_record(rng, kind, valid)
+        screened = screen_outcome(raw, LIMIT)
+        assert isinstance(screened, Rejection)
+        assert screened == parse_outcome(raw, LIMIT)
+        assert screened.reason == kind
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("booking", "priority"), "2"),  # pydantic's lax mode coerces it
+        (("step",), 4.0),
+        (("event_id",), "{0b6f1c2e-6d0a-4a53-9d84-2f0f6c3f5a10}"),
+        (("decided_at",), "2026-11-23T06:00:00.1234567Z"),  # truncated to µs, not rounded
+        (("candidates", 0, "eligible"), "true"),
+    ],
+)
+def test_valid_but_unusual_events_are_still_stored_with_the_models_keys(
+    path: tuple[Any, ...], value: Any
+):
+    event = next(event_stream(seed=7, n_events=1))
+    _set(event, path, value)
+    raw = encode(event)
+    screened = screen_outcome(raw, LIMIT)
+    assert isinstance(screened, DispatchOutcomeEvent), "decided by the model, and valid"
+    assert screened == parse_outcome(raw, LIMIT)
+
+
+# --- property: fast acceptance implies the model's acceptance, keys identical -------------
+
+_TIMESTAMPS = [
+    "2026-11-23T06:00:00Z",
+    "2026-11-23T06:00:00+01:00",
+    "2026-11-23T06:00:00.999999999Z",
+    "2026-11-23T06:00:00.5-00:00",
+    "2026-11-23 06:00:00Z",
+    "2026-11-23t06:00:00z",
+    "2026-11-23T06:00Z",
+    "2026-11-23T06:00:00",
+    "2026-02-30T06:00:00Z",
+    "2026-11-23T06:00:00+23:59",
+    "2026-11-23T06:00:00.000001Z",
+    "2026-11-23T05:59:59.9999999Z",
+    "2026-11-23T06:00:00-00:01",
+    "1700000000",
+]
+_TIMESTAMP_PATHS = [
+    ("decided_at",),
+    ("occurred_at",),
+    ("booking", "window_start"),
+    ("booking", "window_end"),
+]
+_TRICKY_STRINGS = [
+    *_TIMESTAMPS,
+    "",
+    "x" * 256,
+    "x" * 257,
+    "d-0",
+    "d-1",
+    "completed",
+    "lost",
+    "1",
+    "12345678123456781234567812345678",
+    "12345678-1234-5678-1234-567812345678",
+    "urn:uuid:12345678-1234-5678-1234-567812345678",
+    "\u00e9\u0000",
+]
+_TRICKY_NUMBERS = [0, 0.0, -0.0, 1, 1.0, 2, 3, 4, -1, 1e-300, 1.0000001, 90, 90.000001, -180, 180.5]
+_TRICKY_NUMBERS += [1440, 1440.01, 1000, 1001, 10_000, 10_000.5, 10_000_000, 10_000_001, 2**63]
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from(_TRICKY_NUMBERS),
+    st.integers(),
+    st.floats(),
+    st.sampled_from(_TRICKY_STRINGS),
+    st.text(max_size=4),
+    st.just([]),
+    st.just({}),
+    st.just([{"lat": 1.0}]),
+)
+_BASES = [*event_stream(seed=8, n_events=3)]
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    paths = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, child in node.items():
+            paths += _paths(child, (*prefix, key))
+    elif isinstance(node, list):
+        for index, child in enumerate(node[:2]):
+            paths += _paths(child, (*prefix, index))
+    return paths
+
+
+def _set(event: Any, path: tuple[Any, ...], value: Any) -> None:
+    for key in path[:-1]:
+        event = event[key]
+    event[path[-1]] = value
+
+
+def _delete(event: Any, path: tuple[Any, ...]) -> None:
+    for key in path[:-1]:
+        event = event[key]
+    del event[path[-1]]
+
+
+Mutation = tuple[int, list[tuple[Any, ...]], list[tuple[str, int, Any]], str]
+_MUTATION = st.tuples(
+    st.sampled_from(range(len(_BASES))),
+    # the fields where the two parsers differ most get changes of their own
+    st.lists(
+        st.tuples(st.sampled_from(_TIMESTAMP_PATHS), st.sampled_from(_TIMESTAMPS)), max_size=2
+    ),
+    st.lists(
+        st.tuples(st.sampled_from(["set", "delete"]), st.integers(0, 10_000), _VALUES), max_size=3
+    ),
+    st.sampled_from(["", "bom", "junk", "duplicate_key", "whitespace"]),
+)
+
+
+def _mutated(mutation: Mutation) -> bytes:
+    base, timestamp_changes, changes, framing = mutation
+    event = json.loads(json.dumps(_BASES[base]))
+    for path, moment in timestamp_changes:
+        _set(event, path, moment)
+    for operation, pick, value in changes:
+        paths = _paths(event)
+        if not paths:
+            break
+        path = paths[pick % len(paths)]
+        if operation == "set":
+            _set(event, path, json.loads(json.dumps(value)))  # a copy: no shared sub-objects
+        else:
+            _delete(event, path)
+    raw = json.dumps(event).encode()
+    if framing == "bom":
+        raw = b"\xef\xbb\xbf" + raw
+    elif framing == "junk":
+        raw += b"x"
+    elif framing == "duplicate_key" and raw.startswith(b"{"):
+        raw = b'{"step": 3, "decided_at": "2026-11-23T05:00:00Z", ' + raw[1:]
+    elif framing == "whitespace":
+        raw = b" \n" + raw + b"\t "
+    return raw
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_MUTATION)
+def test_fast_acceptance_implies_the_models_acceptance_with_identical_keys(mutation: Mutation):
+    raw = _mutated(mutation)
+    screened = screen_outcome(raw, LIMIT)
+    parsed = parse_outcome(raw, LIMIT)
+    if isinstance(screened, ScreenedEvent):
+        assert isinstance(parsed, DispatchOutcomeEvent), f"fast path accepted {parsed}"
+        assert _keys(screened) == _keys(parsed)
+    else:
+        assert screened == parsed
+
+
+def _keys(event: Any) -> tuple[Any, ...]:
+    # Equal aware datetimes can differ in tzinfo class; the instant and offset must match.
+    moment = event.decided_at
+    return (event.event_id, event.episode_id, event.step, moment, moment.utcoffset())
