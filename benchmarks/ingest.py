@@ -4,7 +4,8 @@ One local tansu broker, one 3-partition topic holding N realistic events
 (`testing.events.event_stream`, ~1.9 KB, 9–14 candidates), then:
 
   (a)  peer: raw kafka-python group consumer + json.loads (the practical ceiling)
-  (a') raw kafka-python + parse_outcome (validation alone, no store, no commit)
+  (a') raw kafka-python + screen_outcome (the loop's validation alone, no store, no commit)
+  (a'') raw kafka-python + parse_outcome (the full pydantic models, for comparison)
   (b0) (b) with CPython's default GC thresholds (what configure_gc_for_ingest buys)
   (b)  dispatchloop IngestLoop into SQLite (validate, durable write, DLQ check, commit)
   (c)  dispatchloop IngestLoop into PostgreSQL
@@ -42,6 +43,7 @@ from dispatchloop.consumers.metrics import IngestMetrics
 from dispatchloop.events import parse_outcome
 from dispatchloop.progress import progress
 from dispatchloop.replay import open_store
+from dispatchloop.screening import screen_outcome
 from dispatchloop.settings import Settings
 from dispatchloop.testing.broker import start_broker
 from dispatchloop.testing.events import encode, event_stream
@@ -172,7 +174,13 @@ def main() -> None:
         )
         rows.append(
             (
-                "(a') kafka-python raw + parse_outcome",
+                "(a') kafka-python raw + screen_outcome",
+                raw_peer(broker.bootstrap, topic, n, lambda v: screen_outcome(v, 65_536)),
+            )
+        )
+        rows.append(
+            (
+                "(a'') kafka-python raw + parse_outcome (pydantic models)",
                 raw_peer(broker.bootstrap, topic, n, lambda v: parse_outcome(v, 65_536)),
             )
         )

@@ -44,10 +44,11 @@ from dispatchloop.settings import Settings
 log = logging.getLogger(__name__)
 
 DLQ_ATTEMPTS_IN_PLACE = 3
-# A poll's parsed events (thousands of small pydantic objects) live until the batch is
-# stored; with CPython's default gen-0 threshold of 700 they are promoted and re-scanned
-# by full collections again and again: parsing measured 2-5x slower. Refcounting frees
-# them at the end of the batch, so rare collections lose nothing.
+# A poll's records (thousands of kafka-python objects and their screened keys) live until
+# the batch is stored; with CPython's default gen-0 threshold of 700 they are promoted
+# and re-scanned by full collections again and again: parsing measured 2-5x slower with
+# pydantic models. Refcounting frees them at the end of the batch, so rare collections
+# lose nothing.
 INGEST_GC_THRESHOLDS = (100_000, 50, 50)
 LAG_INTERVAL_S = 5.0
 STORE_STATS_INTERVAL_S = 30.0
