@@ -20,8 +20,12 @@ Hindsight sees the whole episode in advance: a strong reference, not a rival.
 
 `--config` is a JSON object of DQNConfig overrides shared by both worlds, plus an
 optional "worlds" object whose "default" / "store" entries override further for
-one world and may set that world's "train_steps". Choose it on VALIDATION seeds
-(`--split validation`), then run the TEST seeds once with `--record`.
+one world and may set that world's "train_steps" and "train_seeds". With
+train_seeds K > 1, K networks are trained (training seeds seed..seed+K-1) and the
+one with the best mean return on SELECT_EPISODES validation episodes is kept;
+those episodes are disjoint from the ones `--split validation` reports on.
+Choose the config on VALIDATION seeds (`--split validation`), then run the TEST
+seeds once with `--record`.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from dispatchloop.rl.policy import DQNPolicy
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.policies import GreedyPolicy, HindsightPolicy, Policy, RandomPolicy
 from dispatchloop.sim.producer import LoggingPolicy, simulated_events
-from dispatchloop.sim.rollout import test_seeds, validation_seeds
+from dispatchloop.sim.rollout import run_episodes, test_seeds, validation_seeds
 from dispatchloop.sim.scenario import Scenario
 
 BENCH_FILE = Path(__file__).with_name("BENCHMARKS.md")
@@ -60,6 +64,9 @@ DQN_CONFIG = Path(__file__).with_name("policy_quality_dqn.json")
 """DQNConfig overrides chosen on VALIDATION seeds (see NOTES); the rest are DQNConfig defaults."""
 WORLDS = ("default", "store")
 DEFAULT_TRAIN_STEPS = 30_000
+SELECT_EPISODES = 200
+SELECT_OFFSET = 100_000
+"""Validation episodes that pick among training seeds start here, past any reported ones."""
 SECTION = "## Policy quality (`benchmarks/policy_quality.py`)"
 TARGET_GAP_SHARE = 0.30
 
@@ -95,6 +102,8 @@ class WorldSetup(NamedTuple):
     config: DQNConfig
     train_steps: int | None
     """None: the world's config sets no budget, the command line or the default decides."""
+    train_seeds: int = 1
+    """Networks trained; the best on validation episodes is kept."""
 
 
 def world_setup(data: dict[str, object], world: str) -> WorldSetup:
@@ -110,9 +119,40 @@ def world_setup(data: dict[str, object], world: str) -> WorldSetup:
         raise ValueError(f"unknown world {unknown[0]!r} in the DQN config")
     own = dict(worlds.get(world, {}))
     steps = own.pop("train_steps", None)
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0):
-        raise ValueError(f"train_steps of {world!r} must be a positive integer")
-    return WorldSetup(DQNConfig.from_dict({**shared, **own}), steps)
+    n_seeds = own.pop("train_seeds", 1)
+    for name, value in (("train_steps", steps), ("train_seeds", n_seeds)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value <= 0
+        ):
+            raise ValueError(f"{name} of {world!r} must be a positive integer")
+    return WorldSetup(DQNConfig.from_dict({**shared, **own}), steps, n_seeds)
+
+
+def train_selected(
+    setup: WorldSetup,
+    scenario: Scenario,
+    reward: RewardSettings,
+    steps: int,
+    args: argparse.Namespace,
+) -> tuple[TrainResult, list[tuple[int, float]]]:
+    """Train `setup.train_seeds` networks; keep the best on validation episodes (one: no choice)."""
+    select_seeds = validation_seeds(SELECT_EPISODES, offset=SELECT_OFFSET)
+    best: TrainResult | None = None
+    scores: list[tuple[int, float]] = []
+    for k in range(setup.train_seeds):
+        result = train_dispatch(
+            setup.config, scenario, reward, steps, seed=args.seed + k, num_envs=args.num_envs
+        )
+        if setup.train_seeds == 1:
+            return result, scores
+        policy = DQNPolicy(result.q_network)
+        score = float(np.mean(run_episodes(policy, scenario, reward, select_seeds).returns))
+        print(f"  training seed {args.seed + k}: validation return {score:.2f}", flush=True)
+        if best is None or score > max(previous for _, previous in scores):
+            best = result
+        scores.append((args.seed + k, score))
+    assert best is not None
+    return best, scores
 
 
 def logging_world() -> Scenario:
@@ -161,6 +201,9 @@ class WorldResult(NamedTuple):
     training: TrainResult
     report: EvaluationReport
     eval_seconds: dict[str, float]
+    selection: list[tuple[int, float]]
+    """(training seed, validation return) of each network (empty: one seed, no choice)."""
+    train_seconds: float
 
 
 def run_world(
@@ -170,13 +213,15 @@ def run_world(
     reward: RewardSettings,
     args: argparse.Namespace,
 ) -> WorldResult:
-    config, configured_steps = world_setup(json.loads(args.config.read_text()), world)
-    steps = args.train_steps or configured_steps or DEFAULT_TRAIN_STEPS
-    print(f"[{label}] training DQN for {steps} steps with {config} ...", flush=True)
-    training = train_dispatch(
-        config, scenario, reward, steps, seed=args.seed, num_envs=args.num_envs
+    setup = world_setup(json.loads(args.config.read_text()), world)
+    steps = args.train_steps or setup.train_steps or DEFAULT_TRAIN_STEPS
+    print(
+        f"[{label}] training {setup.train_seeds} DQN(s), {steps} steps, {setup.config}", flush=True
     )
-    print(f"[{label}] trained in {training.wall_seconds:.0f} s", flush=True)
+    started = time.perf_counter()
+    training, selection = train_selected(setup, scenario, reward, steps, args)
+    train_seconds = time.perf_counter() - started
+    print(f"[{label}] trained in {train_seconds:.0f} s", flush=True)
     policies: dict[str, Policy] = {
         "random": RandomPolicy(args.seed),
         "greedy": GreedyPolicy(),
@@ -199,7 +244,7 @@ def run_world(
         rng=np.random.default_rng(args.seed),
         gap_policies=["dqn"],
     )
-    return WorldResult(label, scenario, training, report, seconds)
+    return WorldResult(label, scenario, training, report, seconds, selection, train_seconds)
 
 
 def load_average() -> str:
@@ -208,10 +253,19 @@ def load_average() -> str:
 
 def markdown(world: WorldResult) -> str:
     report, scenario, training = world.report, world.scenario, world.training
+    chosen = ""
+    if world.selection:
+        kept = max(world.selection, key=lambda pair: pair[1])[0]
+        scores = ", ".join(f"seed {seed}: {score:.2f}" for seed, score in world.selection)
+        chosen = (
+            f" Best of {len(world.selection)} training seeds by mean return on "
+            f"{SELECT_EPISODES} VALIDATION episodes ({scores}): seed {kept} kept; "
+            f"{world.train_seconds:.0f} s training in all."
+        )
     lines = [
         f"**{world.label}** — {scenario.n_drivers} drivers, {scenario.bookings_per_episode} "
         f"bookings per episode; DQN trained {training.env_steps:,} env steps / "
-        f"{training.gradient_steps:,} gradient steps in {training.wall_seconds:.0f} s.",
+        f"{training.gradient_steps:,} gradient steps in {training.wall_seconds:.0f} s.{chosen}",
         "",
         "| policy | mean return | 99 % CI | vs greedy (paired) | 99 % CI | late rate | "
         "cancel rate | gap closed [99 % CI] | eval s |",

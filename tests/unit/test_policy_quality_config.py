@@ -6,11 +6,14 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
+import torch
 
 from dispatchloop.rl.hyperparams import DQNConfig
+from dispatchloop.settings import RewardSettings
+from dispatchloop.sim.scenario import Scenario
 
 BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "policy_quality.py"
 
@@ -42,7 +45,7 @@ def test_shared_overrides_then_the_worlds_own(policy_quality: ModuleType) -> Non
 
 def test_plain_overrides_without_worlds(policy_quality: ModuleType) -> None:
     setup = policy_quality.world_setup({"n_step": 1}, "store")
-    assert setup == (DQNConfig(n_step=1), None)
+    assert setup == (DQNConfig(n_step=1), None, 1)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +69,37 @@ def test_the_committed_config_parses_for_both_worlds(policy_quality: ModuleType)
     data = json.loads(policy_quality.DQN_CONFIG.read_text())
     for world in policy_quality.WORLDS:
         policy_quality.world_setup(data, world)
+
+
+def test_train_seeds_is_read_per_world(policy_quality: ModuleType) -> None:
+    data = {"worlds": {"store": {"train_seeds": 3}}}
+    assert policy_quality.world_setup(data, "store").train_seeds == 3
+    assert policy_quality.world_setup(data, "default").train_seeds == 1
+
+
+def test_train_selected_keeps_the_best_on_validation(
+    policy_quality: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scores = iter([-10.0, -5.0, -7.0])
+    monkeypatch.setattr(policy_quality, "SELECT_EPISODES", 2)
+    monkeypatch.setattr(
+        policy_quality,
+        "run_episodes",
+        lambda *args: SimpleNamespace(returns=[next(scores)]),
+    )
+    trained: list[int] = []
+
+    def fake_train(*args: object, seed: int, num_envs: int) -> SimpleNamespace:
+        trained.append(seed)
+        return SimpleNamespace(q_network=torch.nn.Linear(1, 1), seed=seed)
+
+    monkeypatch.setattr(policy_quality, "train_dispatch", fake_train)
+    monkeypatch.setattr(policy_quality, "DQNPolicy", lambda network: network)
+    setup = policy_quality.WorldSetup(DQNConfig(), 10, 3)
+    args = SimpleNamespace(seed=4, num_envs=2)
+    best, selection = policy_quality.train_selected(
+        setup, Scenario.default(), RewardSettings(), 10, args
+    )
+    assert trained == [4, 5, 6]
+    assert best.seed == 5
+    assert selection == [(4, -10.0), (5, -5.0), (6, -7.0)]
