@@ -22,7 +22,10 @@ ArrayObs = Mapping[str, NDArray[np.float32]]
 
 
 class ReplayBatch(NamedTuple):
-    """A minibatch of n-step transitions as tensors (like SB3's ReplayBufferSamples)."""
+    """A minibatch of n-step transitions as tensors (like SB3's ReplayBufferSamples).
+
+    For the PyTorch reference loss (`dqn.dqn_loss`); the buffer samples `Transitions`.
+    """
 
     observations: dict[str, torch.Tensor]
     masks: torch.Tensor  # (B, A) bool: actions allowed in the state
@@ -33,9 +36,36 @@ class ReplayBatch(NamedTuple):
     dones: torch.Tensor  # (B,) float32: 1 if the episode terminated within the n steps
     discounts: torch.Tensor  # (B,) float32: gamma**k applied to the bootstrap value
 
+    @classmethod
+    def from_arrays(cls, batch: Transitions) -> ReplayBatch:
+        """The same minibatch as tensors sharing the arrays' memory (no copy)."""
+        return cls(
+            observations={k: torch.from_numpy(v) for k, v in batch.observations.items()},
+            masks=torch.from_numpy(batch.masks),
+            actions=torch.from_numpy(batch.actions),
+            rewards=torch.from_numpy(batch.rewards),
+            next_observations={k: torch.from_numpy(v) for k, v in batch.next_observations.items()},
+            next_masks=torch.from_numpy(batch.next_masks),
+            dones=torch.from_numpy(batch.dones),
+            discounts=torch.from_numpy(batch.discounts),
+        )
+
+    def to_arrays(self) -> Transitions:
+        """The same minibatch as NumPy arrays sharing the tensors' memory (no copy)."""
+        return Transitions(
+            observations={k: v.numpy() for k, v in self.observations.items()},
+            masks=self.masks.numpy(),
+            actions=self.actions.numpy(),
+            rewards=self.rewards.numpy(),
+            next_observations={k: v.numpy() for k, v in self.next_observations.items()},
+            next_masks=self.next_masks.numpy(),
+            dones=self.dones.numpy(),
+            discounts=self.discounts.numpy(),
+        )
+
 
 class Transitions(NamedTuple):
-    """k ready-made transitions as arrays with leading dimension k."""
+    """k ready-made transitions as arrays with leading dimension k (also a sampled minibatch)."""
 
     observations: dict[str, NDArray[np.float32]]
     masks: NDArray[np.bool_]
@@ -96,20 +126,24 @@ class ReplayBuffer:
         self._position = int((self._position + k) % self.capacity)
         self._size = min(self._size + k, self.capacity)
 
-    def sample(self, batch_size: int) -> ReplayBatch:
-        """Uniform sample with replacement (indices from the seeded Generator)."""
+    def sample(self, batch_size: int) -> Transitions:
+        """Uniform sample with replacement (indices from the seeded Generator), as arrays.
+
+        Arrays, not tensors: the learner's step runs in NumPy (rl/numpy_learner.py);
+        `ReplayBatch.from_arrays` gives tensors without copying.
+        """
         if self._size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         index = self._rng.integers(0, self._size, size=batch_size)
-        return ReplayBatch(
-            observations={k: torch.from_numpy(v[index]) for k, v in self._obs.items()},
-            masks=torch.from_numpy(self._masks[index]),
-            actions=torch.from_numpy(self._actions[index]),
-            rewards=torch.from_numpy(self._rewards[index]),
-            next_observations={k: torch.from_numpy(v[index]) for k, v in self._next_obs.items()},
-            next_masks=torch.from_numpy(self._next_masks[index]),
-            dones=torch.from_numpy(self._dones[index]),
-            discounts=torch.from_numpy(self._discounts[index]),
+        return Transitions(
+            observations={k: v[index] for k, v in self._obs.items()},
+            masks=self._masks[index],
+            actions=self._actions[index],
+            rewards=self._rewards[index],
+            next_observations={k: v[index] for k, v in self._next_obs.items()},
+            next_masks=self._next_masks[index],
+            dones=self._dones[index],
+            discounts=self._discounts[index],
         )
 
 

@@ -5,8 +5,12 @@ Read it top to bottom like CleanRL's dqn.py:
 1. `dqn_loss` — the TD target and loss: r + gamma**n * Q_target(s', argmax_a' Q(s', a'))
    over *eligible* a' only (masked max), Huber loss, plus the conservative (CQL)
    penalty `logsumexp_eligible Q(s, .) - Q(s, a_logged)` when training from logs.
+   This PyTorch version is the reference definition.
 2. `Learner.update` — one gradient step: loss, backward, clip by global norm,
-   Adam, divergence check, target update (hard copy when tau == 1, else Polyak).
+   divergence check, Adam, target update (hard copy when tau == 1, else Polyak).
+   For our two network kinds the step runs as hand-written NumPy (rl/numpy_learner.py,
+   the same arithmetic, tested against autograd + torch Adam): for networks this
+   small PyTorch's per-op overhead, not arithmetic, is the cost.
 3. `_train_online` — epsilon-greedy over eligible actions in a vector env
    (linear epsilon schedule), n-step transitions into the replay buffer,
    `gradient_steps` updates every `train_frequency` env steps after
@@ -21,22 +25,36 @@ returned, so it can never be saved or promoted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
-from dispatchloop.rl.buffer import ArrayObs, NStepAccumulator, ReplayBatch, ReplayBuffer
+from dispatchloop.rl.buffer import (
+    ArrayObs,
+    NStepAccumulator,
+    ReplayBatch,
+    ReplayBuffer,
+    Transitions,
+)
 from dispatchloop.rl.callbacks import TrainingCallback, TrainingContext
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import CandidateQNetwork, FlatQNetwork, QNetwork
+from dispatchloop.rl.numpy_learner import (
+    NumpyDQNStep,
+    NumpyQFunction,
+    StepStats,
+    numpy_q_function,
+)
 from dispatchloop.rl.policy import DQNPolicy
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.scenario import Scenario
@@ -125,39 +143,99 @@ def dqn_loss(
 # --- 2. one gradient step ----------------------------------------------------------------
 
 
-class Learner:
-    """Online network, target network and optimiser; `update` is one gradient step."""
+class _TorchStep:
+    """The reference step with autograd and torch.optim.Adam, for network kinds without a
+    NumPy twin (and as the oracle the NumPy step is tested against)."""
 
-    def __init__(self, q_network: QNetwork, config: DQNConfig) -> None:
-        self.config = config
-        self.q_network = q_network
-        self.target_network = copy.deepcopy(q_network)
-        self.target_network.requires_grad_(False)
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
         # fused: one kernel updates every parameter (measurably faster for small nets on CPU).
         self.optimizer = torch.optim.Adam(
-            q_network.parameters(), lr=config.learning_rate, fused=True
+            learner.q_network.parameters(), lr=learner.config.learning_rate, fused=True
         )
-        self.gradient_steps = 0
 
-    def update(self, batch: ReplayBatch, cql_alpha: float = 0.0) -> float:
-        """One step of Adam on the DQN loss; raises TrainingDivergedError on NaN/inf."""
+    def compute(self, batch: Transitions, cql_alpha: float) -> StepStats:
+        learner = self.learner
         loss, q_taken = dqn_loss(
-            self.q_network, self.target_network, batch, self.config.double_q, cql_alpha
+            learner.q_network,
+            learner.target_network,
+            ReplayBatch.from_arrays(batch),
+            learner.config.double_q,
+            cql_alpha,
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.q_network.parameters(), self.config.max_grad_norm, foreach=True
+            learner.q_network.parameters(), learner.config.max_grad_norm, foreach=True
         )
         loss_value, q_max, norm = torch.stack(
             [loss.detach(), q_taken.detach().abs().max(), grad_norm]
         ).tolist()
-        self._check_finite(loss_value, q_max, norm)
+        return StepStats(loss_value, q_max, norm)
+
+    def apply(self) -> None:
         self.optimizer.step()
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        target_network, q_network = self.learner.target_network, self.learner.q_network
+        if tau >= 1.0:
+            target_network.load_state_dict(q_network.state_dict())
+            return
+        for target, online in zip(target_network.parameters(), q_network.parameters(), strict=True):
+            target.lerp_(online, tau)
+
+
+class Learner:
+    """Online network, target network and optimiser; `update` is one gradient step.
+
+    For `FlatQNetwork` and `CandidateQNetwork` (everything training builds) the step
+    runs in NumPy (rl/numpy_learner.py: several times faster for these small
+    networks, same arithmetic as `dqn_loss` + autograd + Adam, tested to agree); the
+    torch module's parameters then *are* views of the NumPy weights, so callbacks,
+    checkpoints and the returned network always see the current weights. Any other
+    QNetwork kind trains with the PyTorch reference step above; `torch_reference=True`
+    forces that step (tests compare the two).
+    """
+
+    def __init__(
+        self, q_network: QNetwork, config: DQNConfig, *, torch_reference: bool = False
+    ) -> None:
+        self.config = config
+        self.q_network = q_network
+        self.target_network = copy.deepcopy(q_network)
+        self.target_network.requires_grad_(False)
+        self.gradient_steps = 0
+        self._step: NumpyDQNStep | _TorchStep
+        online = None if torch_reference else numpy_q_function(q_network)
+        target = numpy_q_function(self.target_network) if online is not None else None
+        if online is not None and target is not None:
+            self._step = NumpyDQNStep(
+                online, target, config.learning_rate, config.max_grad_norm, config.double_q
+            )
+        else:
+            self._step = _TorchStep(self)
+
+    @property
+    def uses_numpy(self) -> bool:
+        """True when the step runs in NumPy (the network kind has a NumPy twin)."""
+        return isinstance(self._step, NumpyDQNStep)
+
+    @property
+    def actor(self) -> QNetwork | NumpyQFunction:
+        """What acting should score with: the NumPy twin when there is one (same weights)."""
+        return self._step.online if isinstance(self._step, NumpyDQNStep) else self.q_network
+
+    def update(self, batch: Transitions | ReplayBatch, cql_alpha: float = 0.0) -> float:
+        """One step of Adam on the DQN loss; raises TrainingDivergedError on NaN/inf."""
+        arrays = batch.to_arrays() if isinstance(batch, ReplayBatch) else batch
+        stats = self._step.compute(arrays, cql_alpha)  # gradient clipped, weights untouched
+        self._check_finite(stats.loss, stats.q_abs_max, stats.grad_norm)
+        self._step.apply()
         self.gradient_steps += 1
         if self.gradient_steps % self.config.target_update_interval == 0:
             self.update_target()
-        return float(loss_value)
+        return float(stats.loss)
 
     def _check_finite(self, loss: float, q_max: float, grad_norm: float) -> None:
         step = self.gradient_steps + 1
@@ -176,17 +254,9 @@ class Learner:
                 f"training diverged at gradient step {step}: the gradient norm is {grad_norm}"
             )
 
-    @torch.no_grad()
     def update_target(self) -> None:
         """Hard copy when tau == 1, else Polyak: target <- (1 - tau) target + tau online."""
-        tau = self.config.tau
-        if tau >= 1.0:
-            self.target_network.load_state_dict(self.q_network.state_dict())
-            return
-        for target, online in zip(
-            self.target_network.parameters(), self.q_network.parameters(), strict=True
-        ):
-            target.lerp_(online, tau)
+        self._step.update_target(self.config.tau)
 
 
 # --- 3. online training --------------------------------------------------------------------
@@ -225,16 +295,19 @@ def linear_epsilon(config: DQNConfig, step: int, total_steps: int) -> float:
 
 
 def select_actions(
-    q_network: QNetwork,
+    q_network: QNetwork | NumpyQFunction,
     observations: ArrayObs,
     masks: NDArray[np.bool_],
     epsilon: float,
     rng: np.random.Generator,
 ) -> NDArray[np.int64]:
     """Epsilon-greedy over eligible actions only: exploring picks uniformly among them."""
-    with torch.no_grad():
-        tensors = {k: torch.from_numpy(v) for k, v in observations.items()}
-        q = q_network.q_values(tensors, torch.from_numpy(masks)).numpy()
+    if isinstance(q_network, NumpyQFunction):
+        q = q_network.q_values(observations, masks)
+    else:
+        with torch.no_grad():
+            tensors = {k: torch.from_numpy(v) for k, v in observations.items()}
+            q = q_network.q_values(tensors, torch.from_numpy(masks)).numpy()
     greedy = np.where(masks, q, -np.inf).argmax(axis=1)
     random_scores = np.where(masks, rng.random(masks.shape), -np.inf)
     explore = rng.random(len(masks)) < epsilon
@@ -263,7 +336,7 @@ def _train_online(
     observations, masks = env.reset(seed)
     while ctx.env_steps < total_steps:
         epsilon = linear_epsilon(config, ctx.env_steps, total_steps)
-        actions = select_actions(q_network, observations, masks, epsilon, rng)
+        actions = select_actions(learner.actor, observations, masks, epsilon, rng)
         step = env.step(actions)
         ready = nstep.push(
             observations,
@@ -295,6 +368,20 @@ def _train_online(
 
 
 # --- 4. entry points ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """One torch thread and one BLAS thread while training.
+
+    These networks are far too small to split across cores, and on a shared
+    machine idle BLAS threads spin: with OpenBLAS's default two threads the NumPy
+    step of a 256x2 network ran ~10x slower under load (40 vs 380 updates/s).
+    The torch setting stays (as before); the BLAS limit is undone on exit.
+    """
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 class GymVecAdapter:
@@ -371,19 +458,19 @@ def train_gym(  # noqa: PLR0917 - the shared RL interface fixes this signature
     num_envs: int = 1,
 ) -> TrainResult:
     """DQN on any Gymnasium env with Box observations and Discrete actions (e.g. CartPole-v1)."""
-    torch.set_num_threads(1)
     env = GymVecAdapter(env_id, num_envs)
     try:
-        torch.manual_seed(seed)
-        network = FlatQNetwork.from_config(config, env.obs_shapes["obs"][0], env.n_actions)
-        return _train_online(
-            config=config,
-            env=env,
-            q_network=network,
-            total_steps=total_steps,
-            seed=seed,
-            callbacks=callbacks,
-        )
+        with single_threaded():
+            torch.manual_seed(seed)
+            network = FlatQNetwork.from_config(config, env.obs_shapes["obs"][0], env.n_actions)
+            return _train_online(
+                config=config,
+                env=env,
+                q_network=network,
+                total_steps=total_steps,
+                seed=seed,
+                callbacks=callbacks,
+            )
     finally:
         env.close()
 
@@ -439,23 +526,22 @@ def train_dispatch(  # noqa: PLR0917 - the shared RL interface fixes this signat
     init_from: QNetwork | None = None,
 ) -> TrainResult:
     """Online DQN in the vectorised simulator; `init_from` fine-tunes a (pre-trained) network."""
-    torch.set_num_threads(1)
-    env = DispatchVecAdapter(scenario, reward, num_envs)
-    torch.manual_seed(seed)
-    if init_from is not None:
-        if not isinstance(init_from, CandidateQNetwork):
-            raise ValueError("init_from must be a CandidateQNetwork for dispatch training")
-        network: QNetwork = copy.deepcopy(init_from)
-    else:
-        network = CandidateQNetwork.from_config(config)
-    return _train_online(
-        config=config,
-        env=env,
-        q_network=network,
-        total_steps=total_steps,
-        seed=seed,
-        callbacks=callbacks,
-    )
+    if init_from is not None and not isinstance(init_from, CandidateQNetwork):
+        raise ValueError("init_from must be a CandidateQNetwork for dispatch training")
+    with single_threaded():
+        env = DispatchVecAdapter(scenario, reward, num_envs)
+        torch.manual_seed(seed)
+        network: QNetwork = (
+            copy.deepcopy(init_from) if init_from else CandidateQNetwork.from_config(config)
+        )
+        return _train_online(
+            config=config,
+            env=env,
+            q_network=network,
+            total_steps=total_steps,
+            seed=seed,
+            callbacks=callbacks,
+        )
 
 
 def train_offline(  # noqa: PLR0917 - the shared RL interface fixes this signature
@@ -467,7 +553,26 @@ def train_offline(  # noqa: PLR0917 - the shared RL interface fixes this signatu
     init_from: QNetwork | None = None,
 ) -> TrainResult:
     """Conservative DQN (CQL penalty weighted by cql_alpha) on logged one-step transitions."""
-    torch.set_num_threads(1)
+    with single_threaded():
+        return _train_offline(
+            config=config,
+            dataset=dataset,
+            gradient_steps=gradient_steps,
+            seed=seed,
+            callbacks=callbacks,
+            init_from=init_from,
+        )
+
+
+def _train_offline(
+    *,
+    config: DQNConfig,
+    dataset: LoggedDataset,
+    gradient_steps: int,
+    seed: int,
+    callbacks: Sequence[TrainingCallback],
+    init_from: QNetwork | None,
+) -> TrainResult:
     started = time.perf_counter()
     if len(dataset) == 0:
         raise ValueError("the logged dataset is empty: nothing to train on")
