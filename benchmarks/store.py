@@ -5,7 +5,7 @@ batches of --batch, as the Kafka ingest loop does once per poll, then writes the
 first 10 % again (all duplicates: the redelivery path). The peer measured in the
 same run is the naive store: SQLite WAL, `INSERT OR IGNORE` on a TEXT UUID key,
 ISO-8601 TEXT timestamps, same indexes, one durable commit per batch.
-PostgreSQL runs twice: executemany, and the COPY bulk path the store uses.
+PostgreSQL runs twice: multi-row INSERTs (the SQLite path), and the COPY bulk path the store uses.
 
     .venv/bin/python benchmarks/store.py                    # 200k events, both backends
     .venv/bin/python benchmarks/store.py --events 20000 --no-postgresql   # smoke test
@@ -145,7 +145,7 @@ def run_all(args: argparse.Namespace) -> list[dict[str, object]]:
         def run_pg(url: str, pg_copy: bool = pg_copy) -> dict[str, object]:
             writer, close_pg = store_writer(url, pg_copy=pg_copy)
             try:
-                name = "COPY + INSERT SELECT" if pg_copy else "executemany"
+                name = "COPY + INSERT SELECT" if pg_copy else "multi-row INSERT"
                 return measure(f"store PostgreSQL ({name})", writer, events, args.batch)
             finally:
                 close_pg()

@@ -29,8 +29,9 @@ from dispatchloop.replay import (
 )
 from dispatchloop.replay.migrate import current_revision, head_revision
 from dispatchloop.replay.retention import apply_configured_retention
-from dispatchloop.replay.sql_store import SqlReplayStore
+from dispatchloop.replay.sql_store import ROWS_PER_INSERT, SqlReplayStore
 from dispatchloop.replay.transitions import TransitionCounts, iter_transitions
+from dispatchloop.screening import ScreenedEvent, screen_outcome
 from dispatchloop.settings import RetentionSettings
 from dispatchloop.testing.events import encode, event_stream
 
@@ -84,6 +85,29 @@ def test_overlapping_batch_counts_old_and_new(store: ReplayStore) -> None:
     store.write_batch(batch[:40])
     result = store.write_batch(batch[20:])
     assert (result.inserted, result.duplicates) == (20, 20)
+
+
+def test_a_batch_of_several_statements_counts_exactly(store: ReplayStore) -> None:
+    """Batches span several multi-row INSERTs; old rows fall on both sides of a boundary."""
+    batch = make_batch(14, 2 * ROWS_PER_INSERT + 7)
+    already = batch[ROWS_PER_INSERT - 3 : ROWS_PER_INSERT + 3] + batch[-2:]
+    store.write_batch(already)
+    result = store.write_batch(batch)
+    assert (result.inserted, result.duplicates) == (len(batch) - 8, 8)
+    assert store.count_events() == len(batch)
+
+
+def test_screened_keys_are_stored_like_parsed_events(store: ReplayStore) -> None:
+    """The ingest loop hands the store screening's keys, not models: same rows, same reads."""
+    raws = [encode(event) for event in event_stream(15, 30)]
+    screened = [screen_outcome(raw, 65_536) for raw in raws]
+    keys = [each for each in screened if isinstance(each, ScreenedEvent)]
+    assert len(keys) == len(raws)
+    store.write_batch([IncomingEvent(each, raw) for each, raw in zip(keys, raws, strict=True)])
+    assert store.write_batch([incoming(raw) for raw in raws]).duplicates == 30
+    stored = store.episode(str(json.loads(raws[0])["episode_id"]))
+    assert [event.step for event in stored] == list(range(19))
+    assert store.stats().first_decided_at == next(iter(stored)).decided_at
 
 
 def test_first_stored_copy_wins(store: ReplayStore) -> None:

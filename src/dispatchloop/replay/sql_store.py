@@ -4,10 +4,11 @@ One class serves both backends; they differ only in how a connection is tuned
 (`engine.py`) and in how the event id is bound (uuid vs 16 bytes, see schema.py).
 
 Write path (the Kafka ingest hot path, once per poll): duplicates inside the
-batch are dropped in Python first (the first copy wins), then one `executemany`
-of `INSERT ... ON CONFLICT (event_id) DO NOTHING` runs in one transaction
+batch are dropped in Python first (the first copy wins), then multi-row
+`INSERT ... VALUES (...), (...) ON CONFLICT (event_id) DO NOTHING` statements of
+`ROWS_PER_INSERT` rows run in one transaction
 (PostgreSQL: COPY into a staging table + one INSERT ... SELECT, see pg_copy.py). The
-driver's rowcount of that statement is exactly the number of new rows, so
+driver's rowcount of those statements is exactly the number of new rows, so
 `duplicates = len(batch) - inserted` counts in-batch and already-stored copies
 alike. `ON CONFLICT (event_id)` rather than SQLite's `INSERT OR IGNORE`: OR
 IGNORE would also silently skip a row that breaks NOT NULL, losing an event.
@@ -40,6 +41,12 @@ from dispatchloop.replay.schema import TABLE_NAME, events, from_epoch_us, to_epo
 RETENTION_CHUNK = 5_000
 
 ALL_TIME = TimeWindow()  # frozen, so safe as a default argument
+# Rows per INSERT statement. The ingest loop writes from a thread while its main thread
+# parses the next poll: `executemany` re-takes the GIL for every row and so waits up to a
+# switch interval (5 ms) per row behind the parser; one multi-row statement binds its
+# parameters in one C call and inserts every row in one step with the GIL released.
+# 199 rows x 5 columns stays under SQLite's oldest limit of 999 bound parameters.
+ROWS_PER_INSERT = 199
 _INSERT_COLUMNS = "event_id, episode_id, step, decided_at_us, raw"
 Row = tuple[Any, str, int, int, bytes]
 
@@ -62,16 +69,12 @@ class SqlReplayStore(ReplayStore):
     """The replay store on one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: sa.Engine, description: str, *, pg_copy: bool = True) -> None:
-        """`pg_copy=False` uses executemany on PostgreSQL too (the benchmark's comparison)."""
+        """`pg_copy=False` writes with multi-row INSERTs on PostgreSQL too (a benchmark peer)."""
         self._engine = engine
         self._description = description
         self._native_uuid = engine.dialect.name == "postgresql"
         self._pg_copy = pg_copy and self._native_uuid
-        placeholders = ", ".join([self._placeholder()] * 5)
-        self._insert_sql = (
-            f"INSERT INTO {TABLE_NAME} ({_INSERT_COLUMNS}) VALUES ({placeholders}) "
-            "ON CONFLICT (event_id) DO NOTHING"
-        )
+        self._insert_sql: dict[int, str] = {}
 
     @property
     def engine(self) -> sa.Engine:
@@ -88,13 +91,32 @@ class SqlReplayStore(ReplayStore):
             return WriteResult(0, len(batch))
         try:
             with self._engine.begin() as conn:
-                if self._pg_copy:
-                    inserted = copy_insert(conn, rows)
-                else:
-                    inserted = conn.exec_driver_sql(self._insert_sql, rows).rowcount
+                inserted = copy_insert(conn, rows) if self._pg_copy else self._insert(conn, rows)
         except sa.exc.OperationalError as exc:
             raise self._unavailable("write a batch to", exc) from exc
         return WriteResult(inserted, len(batch) - inserted)
+
+    def _insert(self, conn: sa.Connection, rows: list[Row]) -> int:
+        inserted = 0
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows[start : start + ROWS_PER_INSERT]
+            parameters = tuple(value for row in chunk for value in row)
+            inserted += conn.exec_driver_sql(
+                self._insert_statement(len(chunk)), parameters
+            ).rowcount
+        return inserted
+
+    def _insert_statement(self, n_rows: int) -> str:
+        """The SQL for n rows; cached, so the driver's statement cache recognises it."""
+        statement = self._insert_sql.get(n_rows)
+        if statement is None:
+            row = "(" + ", ".join([self._placeholder()] * 5) + ")"
+            statement = (
+                f"INSERT INTO {TABLE_NAME} ({_INSERT_COLUMNS}) VALUES {', '.join([row] * n_rows)} "
+                "ON CONFLICT (event_id) DO NOTHING"
+            )
+            self._insert_sql[n_rows] = statement
+        return statement
 
     def _unique_rows(self, batch: Sequence[IncomingEvent]) -> list[Row]:
         """One row per distinct event_id, first copy first; no per-row SQL work."""
