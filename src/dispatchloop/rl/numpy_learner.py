@@ -56,7 +56,10 @@ class ParameterVector:
 
     `param[name]` / `grad[name]` are views (shaped like the torch parameter) into
     `values` / `grads`, so a layer reads and writes its slice while clipping and
-    Adam see one flat vector.
+    Adam see one flat vector. In-place changes through torch (`load_state_dict`,
+    `p.mul_()`) reach the NumPy weights too; replacing a parameter (`.to(...)`,
+    `.double()`) or wrapping the same module in a second vector breaks the
+    sharing, so a module belongs to one learner while it trains.
     """
 
     def __init__(self, module: nn.Module) -> None:
