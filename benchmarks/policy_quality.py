@@ -413,7 +413,7 @@ The featurizer's ETA uses a fixed 30 km/h (`REFERENCE_SPEED_KMH`) while the
 fitted world's roads run at 24 km/h, so its ETA, lateness and earliness features
 are 25 % optimistic there. A scratch run with the constant set to 24 km/h (fitted
 world, training seed 0, 200 VALIDATION episodes, run beside the unchanged code
-at 03:17 UTC) gave no sign that it helps: 16 % [5, 26] of the gap vs 24 % [14, 34]
+at 03:11 UTC) gave no sign that it helps: 16 % [5, 26] of the gap vs 24 % [14, 34]
 with 30 km/h (greedy, which ranks by the same ETA, also changed: -176.1 vs -179.0).
 Not tried: candidate features relative to the other candidates beyond the ETA
 (distance rank, second-best alternative); a longer tuning study on a machine
