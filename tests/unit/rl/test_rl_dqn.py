@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay.transitions import LoggedTransition
 from dispatchloop.rl.artifacts import load_model
 from dispatchloop.rl.buffer import ReplayBatch
@@ -32,8 +32,6 @@ from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.logged import LoggedDataset
 from dispatchloop.rl.networks import CandidateQNetwork, FlatQNetwork
 from dispatchloop.settings import RewardSettings
-from dispatchloop.sim.policies import GreedyPolicy
-from dispatchloop.sim.producer import LoggingPolicy, simulated_events
 from dispatchloop.sim.scenario import Scenario
 
 SMALL = DQNConfig(hidden_size=32, learning_starts=200, buffer_size=5_000, batch_size=32)
@@ -148,27 +146,10 @@ def test_fine_tuning_starts_from_the_given_network_without_changing_it() -> None
     assert changed
 
 
-def _logged(n_events: int) -> list[LoggedTransition]:
-    events = [
-        DispatchOutcomeEvent.model_validate(e)
-        for e in simulated_events(
-            Scenario.default(),
-            RewardSettings(),
-            LoggingPolicy(GreedyPolicy(), "greedy"),
-            n_events,
-            seed=0,
-            epsilon=0.3,
-        )
-    ]
-    out = []
-    for event, nxt in zip(events, [*events[1:], None], strict=True):
-        same = nxt is not None and nxt.episode_id == event.episode_id
-        out.append(LoggedTransition(event, nxt if same else None, not same))
-    return out
-
-
-def test_logged_dataset_pads_masks_and_keeps_propensities() -> None:
-    transitions = _logged(40)
+def test_logged_dataset_pads_masks_and_keeps_propensities(
+    logged_transitions: Callable[[int], list[LoggedTransition]],
+) -> None:
+    transitions = logged_transitions(40)
     data = LoggedDataset.from_transitions(transitions, RewardSettings(), max_candidates=12)
     assert len(data) == 40 and data.max_candidates == 12
     assert data.candidates.shape[1:] == (12, data.candidates.shape[2])
@@ -180,15 +161,19 @@ def test_logged_dataset_pads_masks_and_keeps_propensities() -> None:
     assert np.all(data.next_masks[data.dones == 1] == 0)
 
 
-def test_logged_gaps_are_left_out() -> None:
-    transitions = _logged(5)
+def test_logged_gaps_are_left_out(
+    logged_transitions: Callable[[int], list[LoggedTransition]],
+) -> None:
+    transitions = logged_transitions(5)
     gap = LoggedTransition(transitions[1].event, None, False)
     data = LoggedDataset.from_transitions([transitions[0], gap], RewardSettings())
     assert len(data) == 1 and data.gaps == 1
 
 
-def test_offline_training_with_cql_runs_and_counts_steps() -> None:
-    data = LoggedDataset.from_transitions(_logged(60), RewardSettings())
+def test_offline_training_with_cql_runs_and_counts_steps(
+    logged_transitions: Callable[[int], list[LoggedTransition]],
+) -> None:
+    data = LoggedDataset.from_transitions(logged_transitions(60), RewardSettings())
     config = DQNConfig(hidden_size=32, batch_size=32, cql_alpha=1.0, target_update_interval=50)
     recorder = Recorder()
     result = train_offline(config, data, gradient_steps=120, seed=0, callbacks=[recorder])

@@ -8,13 +8,13 @@ the two sum in different orders.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 import torch
 
-from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay.transitions import LoggedTransition
 from dispatchloop.rl.buffer import ReplayBatch, Transitions
 from dispatchloop.rl.dqn import (
@@ -43,8 +43,6 @@ from dispatchloop.rl.numpy_learner import (
     numpy_q_function,
 )
 from dispatchloop.settings import RewardSettings
-from dispatchloop.sim.policies import GreedyPolicy
-from dispatchloop.sim.producer import LoggingPolicy, simulated_events
 from dispatchloop.sim.scenario import Scenario
 
 N_CAND, F_CAND, F_CTX, OBS_DIM, N_ACTIONS = 7, 5, 3, 6, 4
@@ -315,7 +313,9 @@ def test_acting_with_the_numpy_twin_picks_what_the_torch_network_picks() -> None
     np.testing.assert_array_equal(ours, theirs)
 
 
-def test_every_training_entry_point_runs_the_numpy_step(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_training_entry_point_runs_the_numpy_step(
+    monkeypatch: pytest.MonkeyPatch, logged_transitions: Callable[[int], list[LoggedTransition]]
+) -> None:
     """The fast step is the one training uses, not a benchmark-only path."""
     calls: list[str] = []
     original = NumpyDQNStep.compute
@@ -332,25 +332,6 @@ def test_every_training_entry_point_runs_the_numpy_step(monkeypatch: pytest.Monk
     dispatch = train_dispatch(small, Scenario.default(), RewardSettings(), 100, seed=0, num_envs=2)
     assert calls == ["CandidateQFunction"] * dispatch.gradient_steps and calls
     calls.clear()
-    data = LoggedDataset.from_transitions(_logged_transitions(30), RewardSettings())
+    data = LoggedDataset.from_transitions(logged_transitions(30), RewardSettings())
     offline = train_offline(small, data, gradient_steps=5, seed=0)
     assert calls == ["CandidateQFunction"] * 5 and offline.gradient_steps == 5
-
-
-def _logged_transitions(n_events: int) -> list[LoggedTransition]:
-    events = [
-        DispatchOutcomeEvent.model_validate(e)
-        for e in simulated_events(
-            Scenario.default(),
-            RewardSettings(),
-            LoggingPolicy(GreedyPolicy(), "greedy"),
-            n_events,
-            seed=0,
-            epsilon=0.3,
-        )
-    ]
-    return [
-        LoggedTransition(event, nxt if same else None, not same)
-        for event, nxt in zip(events, [*events[1:], None], strict=True)
-        for same in [nxt is not None and nxt.episode_id == event.episode_id]
-    ]
