@@ -50,19 +50,6 @@ class ReplayBatch(NamedTuple):
             discounts=torch.from_numpy(batch.discounts),
         )
 
-    def to_arrays(self) -> Transitions:
-        """The same minibatch as NumPy arrays sharing the tensors' memory (no copy)."""
-        return Transitions(
-            observations={k: v.numpy() for k, v in self.observations.items()},
-            masks=self.masks.numpy(),
-            actions=self.actions.numpy(),
-            rewards=self.rewards.numpy(),
-            next_observations={k: v.numpy() for k, v in self.next_observations.items()},
-            next_masks=self.next_masks.numpy(),
-            dones=self.dones.numpy(),
-            discounts=self.discounts.numpy(),
-        )
-
 
 class Transitions(NamedTuple):
     """k ready-made transitions as arrays with leading dimension k (also a sampled minibatch)."""

@@ -226,10 +226,9 @@ class Learner:
         """What acting should score with: the NumPy twin when there is one (same weights)."""
         return self._step.online if isinstance(self._step, NumpyDQNStep) else self.q_network
 
-    def update(self, batch: Transitions | ReplayBatch, cql_alpha: float = 0.0) -> float:
+    def update(self, batch: Transitions, cql_alpha: float = 0.0) -> float:
         """One step of Adam on the DQN loss; raises TrainingDivergedError on NaN/inf."""
-        arrays = batch.to_arrays() if isinstance(batch, ReplayBatch) else batch
-        stats = self._step.compute(arrays, cql_alpha)  # gradient clipped, weights untouched
+        stats = self._step.compute(batch, cql_alpha)  # gradient clipped, weights untouched
         self._check_finite(stats.loss, stats.q_abs_max, stats.grad_norm)
         self._step.apply()
         self.gradient_steps += 1

@@ -12,7 +12,7 @@ import torch
 
 from dispatchloop.replay.transitions import LoggedTransition
 from dispatchloop.rl.artifacts import load_model
-from dispatchloop.rl.buffer import ReplayBatch
+from dispatchloop.rl.buffer import Transitions
 from dispatchloop.rl.callbacks import (
     CheckpointCallback,
     EvalCallback,
@@ -46,16 +46,16 @@ def test_absurd_learning_rate_raises_a_clear_error() -> None:
 def test_infinite_reward_raises_instead_of_training_on_it() -> None:
     net = FlatQNetwork(2, 2, 8, 1)
     learner = Learner(net, SMALL)
-    obs = {"obs": torch.zeros(4, 2)}
-    batch = ReplayBatch(
+    obs = {"obs": np.zeros((4, 2), np.float32)}
+    batch = Transitions(
         observations=obs,
-        masks=torch.ones(4, 2, dtype=torch.bool),
-        actions=torch.zeros(4, dtype=torch.int64),
-        rewards=torch.tensor([0.0, float("inf"), 0.0, 0.0]),
+        masks=np.ones((4, 2), bool),
+        actions=np.zeros(4, np.int64),
+        rewards=np.array([0.0, np.inf, 0.0, 0.0], np.float32),
         next_observations=obs,
-        next_masks=torch.ones(4, 2, dtype=torch.bool),
-        dones=torch.zeros(4),
-        discounts=torch.full((4,), 0.9),
+        next_masks=np.ones((4, 2), bool),
+        dones=np.zeros(4, np.float32),
+        discounts=np.full(4, 0.9, np.float32),
     )
     before = [p.detach().clone() for p in net.parameters()]
     with pytest.raises(TrainingDivergedError, match="loss is"):

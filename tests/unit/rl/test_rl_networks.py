@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatchloop.rl.buffer import ReplayBatch
+from dispatchloop.rl.buffer import Transitions
 from dispatchloop.rl.dqn import Learner
 from dispatchloop.rl.featurizer import CANDIDATE_FEATURES, N_CANDIDATE_FEATURES, N_CONTEXT_FEATURES
 from dispatchloop.rl.hyperparams import DQNConfig
@@ -62,17 +62,17 @@ def _train_bandit(net: CandidateQNetwork, n: int, steps: int) -> None:
         c, x, m = _inputs(rng, 128, n)
         actions = np.array([rng.choice(np.flatnonzero(row)) for row in m])
         rewards = -10.0 * c[np.arange(128), actions, ETA]
-        obs = {"candidates": torch.from_numpy(c), "context": torch.from_numpy(x)}
+        obs = {"candidates": c, "context": x}
         learner.update(
-            ReplayBatch(
+            Transitions(
                 observations=obs,
-                masks=torch.from_numpy(m),
-                actions=torch.from_numpy(actions),
-                rewards=torch.from_numpy(rewards.astype(np.float32)),
+                masks=m,
+                actions=actions.astype(np.int64),
+                rewards=rewards.astype(np.float32),
                 next_observations=obs,
-                next_masks=torch.from_numpy(m),
-                dones=torch.ones(128),
-                discounts=torch.zeros(128),
+                next_masks=m,
+                dones=np.ones(128, np.float32),
+                discounts=np.zeros(128, np.float32),
             )
         )
 
