@@ -112,6 +112,28 @@ def test_numpy_scorer_matches_pytorch(
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 45),
+    batch=st.integers(1, 4),
+    dueling=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_greedy_decisions_from_advantages_are_the_argmax_of_q(
+    n: int, batch: int, dueling: bool, seed: int
+) -> None:
+    """`DQNPolicy.act_batch` skips the value head; its choice must still maximise Q."""
+    torch.manual_seed(seed)
+    net = CandidateQNetwork(16, 2, dueling=dueling)
+    c, x, m = _inputs(np.random.default_rng(seed), batch, n)
+    q = net(torch.from_numpy(c), torch.from_numpy(x), torch.from_numpy(m)).detach().numpy()
+    chosen = DQNPolicy(net).act_batch({"candidates": c, "context": x, "action_mask": m})
+    assert m[np.arange(batch), chosen].all()
+    best_q = np.where(m, q, -np.inf).max(axis=1)
+    # Equal up to float32 rounding: V + a_i - mean(a) may tie two nearly equal a_i.
+    np.testing.assert_allclose(q[np.arange(batch), chosen], best_q, rtol=0, atol=1e-5)
+
+
 def test_spec_rebuilds_the_same_architecture() -> None:
     for net in (
         CandidateQNetwork(24, 3, activation="tanh", dueling=False),
