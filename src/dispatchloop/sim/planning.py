@@ -1,4 +1,4 @@
-"""Exact replays of assignment sequences, for the hindsight planner (`HindsightPolicy`).
+"""Exact replays of assignment sequences, for the planners (`HindsightPolicy`, `RolloutPolicy`).
 
 Kept apart from policies.py so the policy classes stay short; everything here
 runs the simulator's own batched physics, so a replayed return is the return
@@ -7,6 +7,8 @@ the env would give.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
@@ -14,10 +16,13 @@ from scipy.optimize import linear_sum_assignment
 from dispatchloop.rl.featurizer import CANDIDATE_FEATURES, featurize_batch
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.dynamics import (
+    PLAN_FIELDS,
     EpisodePlan,
     FleetState,
     apply_decisions,
+    draw_uniforms,
     outcomes_of,
+    plans_from_uniforms,
     rewards_of,
     situation_batch,
     stack_plans,
@@ -26,6 +31,19 @@ from dispatchloop.sim.scenario import Scenario
 
 INELIGIBLE_COST = 1e9
 ETA_COLUMN = CANDIDATE_FEATURES.index("eta_h")
+BOOKING_FIELDS = (
+    "decided_s",
+    "window_start_s",
+    "window_end_s",
+    "priority",
+    "pickup_lat",
+    "pickup_lon",
+    "dropoff_lat",
+    "dropoff_lon",
+    "eligible",
+    "cancel_u",
+)
+"""The per-booking arrays of an EpisodePlan (axis -1 or -2 is the booking)."""
 
 
 def plan_sequence(plan: EpisodePlan, lookahead: int, improve_passes: int) -> NDArray[np.int64]:
@@ -117,3 +135,79 @@ def single_moves(plan: EpisodePlan, sequence: NDArray[np.int64]) -> NDArray[np.i
     moves = np.repeat(sequence[None, :], int(keep.sum()), axis=0)
     moves[np.arange(len(moves)), bookings[keep]] = drivers[keep]
     return moves
+
+
+def sampled_futures(
+    plan: EpisodePlan, decided: int, scenario: Scenario, rng: np.random.Generator, samples: int
+) -> EpisodePlan:
+    """`samples` episodes that agree with `plan` on all a dispatcher knows at booking `decided`.
+
+    Kept: the initial fleet and bookings 0..`decided` (the current one included).
+    Redrawn from the scenario: every later booking, and the cancellation draws of
+    the current and later ones. Later bookings are a random subset of the bookings
+    of fresh episodes decided after the current one, which draws them from the
+    arrival pattern of the rest of the shift; if fresh episodes have too few such
+    bookings (a shift running late), fresh bookings are moved to the current time.
+    """
+    later = plan.n_bookings - decided - 1
+    fresh = plans_from_uniforms(
+        scenario, np.stack([draw_uniforms(scenario, rng) for _ in range(samples)])
+    )
+    pool = {
+        name: getattr(fresh, name).reshape(-1, *getattr(fresh, name).shape[2:])
+        for name in BOOKING_FIELDS
+    }
+    now = plan.decided_s[decided]
+    after = pool["decided_s"] > now
+    if after.sum() >= later:
+        pool = {name: values[after] for name, values in pool.items()}
+    else:
+        shift = np.maximum(now - pool["decided_s"], 0.0)
+        for name in ("decided_s", "window_start_s", "window_end_s"):
+            pool[name] = pool[name] + shift
+    arrays: dict[str, Any] = {
+        name: np.repeat(getattr(plan, name)[None], samples, axis=0) for name in PLAN_FIELDS
+    }
+    for row in range(samples):
+        chosen = rng.choice(len(pool["decided_s"]), size=later, replace=False)
+        chosen = chosen[np.argsort(pool["decided_s"][chosen], kind="stable")]
+        for name in BOOKING_FIELDS:
+            arrays[name][row, decided + 1 :] = pool[name][chosen]
+    arrays["cancel_u"][:, decided] = rng.random(samples)
+    return EpisodePlan(**arrays)
+
+
+def rollout_returns(
+    futures: EpisodePlan,
+    state: FleetState,
+    decided: int,
+    drivers: NDArray[np.int64],
+    *,
+    scenario: Scenario,
+    reward: RewardSettings,
+) -> NDArray[np.float64]:
+    """Mean return from booking `decided` on, per driver in `drivers`, greedy afterwards.
+
+    `state` is the fleet of one episode before booking `decided`; every driver is
+    tried in every future (the same futures for all drivers: common random
+    numbers, so the comparison between drivers is not drowned by the futures'
+    own spread).
+    """
+    samples, n_try = len(futures.decided_s), len(drivers)
+    repeated: dict[str, Any] = {
+        name: np.repeat(getattr(futures, name), n_try, axis=0) for name in PLAN_FIELDS
+    }
+    plans = EpisodePlan(**repeated)
+    count = samples * n_try
+    fleet = FleetState(*(np.repeat(part, count, axis=0) for part in state))
+    totals = np.zeros(count)
+    actions = np.tile(drivers, samples)
+    for k in range(decided, futures.n_bookings):
+        step = np.full(count, k)
+        if k > decided:
+            features = featurize_batch(situation_batch(fleet, plans, step))
+            eta = np.where(features.mask, features.candidates[..., ETA_COLUMN], np.inf)
+            actions = eta.argmin(axis=1)
+        out = apply_decisions(scenario, fleet, plans, step, actions)
+        totals += rewards_of(out, plans.priority[:, k], reward)
+    return np.asarray(totals.reshape(samples, n_try).mean(axis=0), dtype=np.float64)

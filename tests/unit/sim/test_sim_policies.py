@@ -1,4 +1,5 @@
-"""Baselines respect masks on any scenario; hindsight ≥ greedy > random; rollout seeds."""
+"""Baselines respect masks on any scenario; hindsight ≥ greedy > random; the rollout planner
+sees no future; rollout seeds."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatchloop.settings import RewardSettings
+from dispatchloop.sim.dynamics import EpisodePlan
 from dispatchloop.sim.env import DispatchEnv
-from dispatchloop.sim.policies import GreedyPolicy, HindsightPolicy, Policy, RandomPolicy
+from dispatchloop.sim.planning import BOOKING_FIELDS, sampled_futures
+from dispatchloop.sim.policies import (
+    GreedyPolicy,
+    HindsightPolicy,
+    Policy,
+    RandomPolicy,
+    RolloutPolicy,
+)
 from dispatchloop.sim.rollout import (
     run_episodes,
     test_seeds,
@@ -41,7 +50,12 @@ scenarios = st.builds(
 @given(scenario=scenarios, seed=st.integers(0, 2**31), extra=st.integers(0, 4))
 def test_baselines_never_choose_a_masked_driver(scenario: Scenario, seed: int, extra: int) -> None:
     env = DispatchEnv(scenario, RewardSettings(), scenario.n_drivers + extra)
-    policies: list[Policy] = [RandomPolicy(seed), GreedyPolicy(), HindsightPolicy(improve_passes=1)]
+    policies: list[Policy] = [
+        RandomPolicy(seed),
+        GreedyPolicy(),
+        HindsightPolicy(improve_passes=1),
+        RolloutPolicy(samples=2),
+    ]
     for policy in policies:
         obs, _ = env.reset(seed=seed)
         policy.begin_episode(env.plan)
@@ -71,6 +85,52 @@ def test_hindsight_beats_greedy_beats_random_on_average() -> None:
     assert hindsight.returns.mean() > greedy.returns.mean()
     # Greedy is one of the planner's starting points and replays are exact.
     assert np.all(hindsight.returns >= greedy.returns - 1e-9)
+
+
+def _decisions(policy: RolloutPolicy | HindsightPolicy, plan: EpisodePlan, count: int) -> list[int]:
+    """The policy's first `count` decisions, fed only what the env would show (the masks)."""
+    policy.begin_episode(plan)
+    return [policy.act({"action_mask": plan.eligible[k].astype(np.int8)}) for k in range(count)]
+
+
+def test_the_rollout_planner_does_not_read_the_future() -> None:
+    """Swapping every later booking and cancellation draw leaves its decisions unchanged."""
+    env = DispatchEnv(Scenario.default(), RewardSettings())
+    env.reset(seed=4)
+    plan = env.plan
+    env.reset(seed=5)
+    other = env.plan
+    k = 8
+    changed = {name: getattr(plan, name).copy() for name in BOOKING_FIELDS}
+    for name in BOOKING_FIELDS:
+        changed[name][k + 1 :] = getattr(other, name)[k + 1 :]
+    changed["cancel_u"][k:] = 1.0 - plan.cancel_u[k:]
+    tampered = dataclasses.replace(plan, **changed)
+    seen = _decisions(RolloutPolicy(samples=8), plan, k + 1)
+    assert _decisions(RolloutPolicy(samples=8), tampered, k + 1) == seen
+    # The tampering matters: the hindsight planner, which reads the future, changes course.
+    hindsight = _decisions(HindsightPolicy(), plan, k + 1)
+    assert _decisions(HindsightPolicy(), tampered, k + 1) != hindsight
+
+
+def test_sampled_futures_keep_what_is_known_and_redraw_the_rest() -> None:
+    env = DispatchEnv(Scenario.default(), RewardSettings())
+    env.reset(seed=11)
+    plan, k = env.plan, 5
+    futures = sampled_futures(plan, k, Scenario.default(), np.random.default_rng(0), 6)
+    assert futures.decided_s.shape == (6, plan.n_bookings)
+    for name in BOOKING_FIELDS:
+        known = getattr(futures, name)[:, : k + (name != "cancel_u")]
+        np.testing.assert_array_equal(
+            known, np.broadcast_to(getattr(plan, name)[: known.shape[1]], known.shape)
+        )
+    np.testing.assert_array_equal(
+        futures.driver_lat, np.broadcast_to(plan.driver_lat, futures.driver_lat.shape)
+    )
+    later = futures.decided_s[:, k + 1 :]
+    assert np.all(later >= plan.decided_s[k]) and np.all(np.diff(later, axis=1) >= 0)
+    assert not np.array_equal(later[0], later[1])  # each future is its own draw
+    assert not np.allclose(futures.cancel_u[:, k], plan.cancel_u[k])
 
 
 def test_run_episodes_is_paired_repeatable_and_matches_the_single_env() -> None:
