@@ -157,7 +157,9 @@ def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
     ] = 0.0,
     policy: Annotated[
         str,
-        typer.Option(help="Dispatcher: greedy, random, hindsight, or a trained model directory."),
+        typer.Option(
+            help="Dispatcher: greedy, random, hindsight, rollout, or a trained model directory."
+        ),
     ] = "greedy",
     epsilon: Annotated[
         float,
@@ -306,7 +308,7 @@ def evaluate(  # noqa: PLR0917 - Typer maps one parameter per option
     policies: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated: random, greedy, hindsight and/or model directories "
+            help="Comma-separated: random, greedy, hindsight, rollout and/or model directories "
             "[default: random,greedy,hindsight; random with --env]."
         ),
     ] = None,

@@ -104,12 +104,13 @@ def test_baselines_and_a_model_on_the_same_seeds(tmp_path: Path, dispatch_model:
 
 
 def test_table_output_is_readable(tmp_path: Path) -> None:
-    result = _run(tmp_path, "--policies", "random,greedy", "--episodes", "4")
+    result = _run(tmp_path, "--policies", "random,greedy,rollout", "--episodes", "4")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "dispatch:default: 4 paired episodes (seeds 20000000..20000003)"
     assert lines[1].split()[:3] == ["policy", "mean", "return"]
     assert any(line.startswith("random") for line in lines)
+    assert any(line.startswith("rollout") for line in lines)  # the planner reference runs too
 
 
 @pytest.mark.parametrize(

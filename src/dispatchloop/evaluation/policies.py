@@ -14,8 +14,9 @@ from dispatchloop.rl.artifacts import ArtifactError, load_model
 from dispatchloop.rl.networks import QNetwork
 from dispatchloop.sim.rollout import test_seeds
 
-BASELINES = ("random", "greedy", "hindsight")
-"""Simulator baselines; `hindsight` sees the whole episode and is a ceiling, not a rival."""
+BASELINES = ("random", "greedy", "hindsight", "rollout")
+"""Simulator baselines; `hindsight` sees the whole episode and is a ceiling, not a rival;
+`rollout` plans without foresight (~40 ms a decision), a reference for what is reachable."""
 GYM_BASELINES = ("random",)
 
 

@@ -2,7 +2,7 @@
 
 Same seed → same bookings and fleet for every policy (sim.rollout guarantees
 it), so the report can pair episode by episode. Policies are the simulator
-baselines `random`, `greedy`, `hindsight`, or model directories written by
+baselines `random`, `greedy`, `hindsight`, `rollout`, or model directories written by
 `rl.artifacts.save_model`. The scenario is the default world or one calibrated
 from the replay store, so a candidate is judged on the traffic it will serve.
 """
@@ -27,7 +27,13 @@ from dispatchloop.progress import Progress, progress
 from dispatchloop.replay import TimeWindow, open_store
 from dispatchloop.rl.policy import DQNPolicy
 from dispatchloop.settings import RewardSettings
-from dispatchloop.sim.policies import GreedyPolicy, HindsightPolicy, Policy, RandomPolicy
+from dispatchloop.sim.policies import (
+    GreedyPolicy,
+    HindsightPolicy,
+    Policy,
+    RandomPolicy,
+    RolloutPolicy,
+)
 from dispatchloop.sim.rollout import EpisodeResults, run_episodes
 from dispatchloop.sim.scenario import Scenario
 
@@ -67,6 +73,8 @@ def dispatch_policy(spec: PolicySpec, seed: int) -> Policy:
         return GreedyPolicy()
     if spec.name == "hindsight":
         return HindsightPolicy()
+    if spec.name == "rollout":
+        return RolloutPolicy(seed=seed)
     raise EvaluationInputError(f"{spec.name!r} is not a simulator baseline")
 
 

@@ -31,7 +31,13 @@ from dispatchloop.rl.featurizer import Situation
 from dispatchloop.settings import KafkaSettings, RewardSettings, Settings
 from dispatchloop.sim.dynamics import EpisodePlan
 from dispatchloop.sim.env import DispatchEnv
-from dispatchloop.sim.policies import GreedyPolicy, HindsightPolicy, Policy, RandomPolicy
+from dispatchloop.sim.policies import (
+    GreedyPolicy,
+    HindsightPolicy,
+    Policy,
+    RandomPolicy,
+    RolloutPolicy,
+)
 from dispatchloop.sim.scenario import Scenario
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ NAMED_POLICIES: dict[str, Callable[[int], Policy]] = {
     "greedy": lambda seed: GreedyPolicy(),
     "random": RandomPolicy,
     "hindsight": lambda seed: HindsightPolicy(),
+    "rollout": lambda seed: RolloutPolicy(seed=seed),
 }
 Observation = dict[str, NDArray[Any]]
 
@@ -63,7 +70,7 @@ class LoggingPolicy:
 
 
 def resolve_policy(spec: str, seed: int) -> LoggingPolicy:
-    """`greedy`, `random`, `hindsight`, or a model directory (loaded and verified)."""
+    """`greedy`, `random`, `hindsight`, `rollout`, or a model directory (loaded and verified)."""
     if spec in NAMED_POLICIES:
         return LoggingPolicy(NAMED_POLICIES[spec](seed), spec)
     directory = Path(spec)

@@ -17,13 +17,14 @@ from dispatchloop.sim.rollout import TEST_SEED_BASE, validation_seeds
 
 
 def test_baselines_and_directories(tmp_path: Path) -> None:
-    specs = parse_policies(["random", " greedy ", str(tmp_path), ""])
+    specs = parse_policies(["random", " greedy ", "rollout", str(tmp_path), ""])
     assert specs == [
         PolicySpec("random"),
         PolicySpec("greedy"),
+        PolicySpec("rollout"),
         PolicySpec(str(tmp_path), tmp_path),
     ]
-    assert [spec.is_model for spec in specs] == [False, False, True]
+    assert [spec.is_model for spec in specs] == [False, False, False, True]
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from dispatchloop.sim.policies import (
     RandomPolicy,
     RolloutPolicy,
 )
+from dispatchloop.sim.producer import resolve_policy, simulated_events
 from dispatchloop.sim.rollout import (
     run_episodes,
     test_seeds,
@@ -157,3 +158,14 @@ def test_seed_sets_are_disjoint() -> None:
     assert validation_seeds(3) == [10_000_000, 10_000_001, 10_000_002]
     with pytest.raises(ValueError, match="cannot take"):
         test_seeds(10, offset=10_000_000)
+
+
+def test_simulate_can_log_the_rollout_planner() -> None:
+    """`dispatchloop simulate --policy rollout`: a dispatch system that plans, logged as such."""
+    logging_policy = resolve_policy("rollout", 1)
+    assert isinstance(logging_policy.policy, RolloutPolicy)
+    events = list(
+        simulated_events(Scenario.default(), RewardSettings(), logging_policy, 25, seed=1)
+    )
+    assert len(events) == 25  # runs across an episode boundary (19 bookings per episode)
+    assert {event["action"]["policy"] for event in events} == {"rollout"}
