@@ -13,7 +13,7 @@ the greedy→hindsight gap the DQN closes (paired bootstrap 99 % interval).
 Hindsight sees the whole episode in advance: a strong reference, not a rival.
 Rollout (`RolloutPolicy`) plans without foresight, from futures redrawn from the
 scenario at every decision: a reference for what is reachable without knowing
-the future, at ~40 ms per decision (`--rollout-samples 0` leaves it out).
+the future, at 10-40 ms per decision (`--rollout-samples 0` leaves it out).
 
     .venv/bin/python benchmarks/policy_quality.py --record          # full run
     .venv/bin/python benchmarks/policy_quality.py --episodes 20 \\
@@ -369,7 +369,7 @@ penalties) on the same seeds; "gap closed" is (DQN − greedy) / (hindsight − 
 The DQN, greedy and random are deployable policies; hindsight plans each episode
 knowing every booking in advance and is an upper reference. Rollout is deployable
 in principle (it knows only the past and the calibrated scenario) but plans at
-every decision with the simulator, ~40 ms a decision: a reference for what is
+every decision with the simulator, 10-40 ms a decision: a reference for what is
 reachable without foresight, not a serving path. Its gap share is
 (rollout − greedy) / (hindsight − greedy), like the DQN's.
 

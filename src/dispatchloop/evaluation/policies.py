@@ -16,7 +16,7 @@ from dispatchloop.sim.rollout import test_seeds
 
 BASELINES = ("random", "greedy", "hindsight", "rollout")
 """Simulator baselines; `hindsight` sees the whole episode and is a ceiling, not a rival;
-`rollout` plans without foresight (~40 ms a decision), a reference for what is reachable."""
+`rollout` plans without foresight (tens of ms a decision), a reference for what is reachable."""
 GYM_BASELINES = ("random",)
 
 
