@@ -96,7 +96,7 @@ def test_simulate_bad_policy_exits_2_with_one_sentence(
     result = _run_cli(["simulate", "--events", "5", "--policy", "no-such-model"], env)
     assert result.returncode == 2
     assert "configuration error" in result.stderr
-    assert "neither greedy, random, hindsight nor a model directory" in result.stderr
+    assert "neither greedy, random, hindsight, rollout nor a model directory" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     bad_start = _run_cli(["simulate", "--events", "5", "--start", "yesterday"], env)
     assert bad_start.returncode == 2
