@@ -223,8 +223,9 @@ def _read_store(settings: Settings) -> tuple[StoreStats, LoggedDataset, Scenario
     store = open_store(settings.resolved_store_url)
     try:
         window = TimeWindow()
-        dataset = LoggedDataset.from_store(store, window, settings.reward)
-        return store.stats(), dataset, Scenario.fit(store, window)
+        scenario = Scenario.fit(store, window)
+        dataset = LoggedDataset.from_store(store, window, settings.reward, scenario.arrays.demand)
+        return store.stats(), dataset, scenario
     finally:
         store.close()
 

@@ -52,7 +52,9 @@ def test_offline_dqn_on_logged_epsilon_greedy_data_beats_random(sqlite_url: str)
     _fill_store(sqlite_url, n_events=19 * 120)
     store = open_store(sqlite_url, create=False)
     try:
-        data = LoggedDataset.from_store(store, TimeWindow(), RewardSettings())
+        data = LoggedDataset.from_store(
+            store, TimeWindow(), RewardSettings(), Scenario.default().arrays.demand
+        )
     finally:
         store.close()
     assert len(data) == 19 * 120 and data.gaps == 0

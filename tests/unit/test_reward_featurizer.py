@@ -10,8 +10,12 @@ import pytest
 
 from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
 from dispatchloop.rl.featurizer import (
+    CANDIDATE_FEATURES,
+    DEMAND_POINTS,
     N_CANDIDATE_FEATURES,
     N_CONTEXT_FEATURES,
+    Situation,
+    demand_map,
     distance_km,
     featurize,
     situation_from_event,
@@ -21,6 +25,7 @@ from dispatchloop.settings import RewardSettings
 from dispatchloop.testing.events import encode, event_stream
 
 WEIGHTS = RewardSettings()
+DEMAND = demand_map([(46.20, 6.14), (46.24, 6.11), (46.19, 6.15), (46.21, 6.13)])
 
 
 def _events(n: int = 50) -> list[DispatchOutcomeEvent]:
@@ -79,7 +84,7 @@ def test_distance_is_haversine():
 
 def test_features_have_fixed_widths_and_any_number_of_candidates():
     for event in _events():
-        features = featurize(situation_from_event(event))
+        features = featurize(situation_from_event(event), DEMAND)
         n = len(event.candidates)
         assert features.candidates.shape == (n, N_CANDIDATE_FEATURES)
         assert features.context.shape == (N_CONTEXT_FEATURES,)
@@ -93,8 +98,8 @@ def test_candidate_rows_follow_their_driver_when_reordered():
     raw = json.loads(event.model_dump_json())
     raw["candidates"] = list(reversed(raw["candidates"]))
     reordered = DispatchOutcomeEvent.model_validate(raw)
-    original = featurize(situation_from_event(event))
-    flipped = featurize(situation_from_event(reordered))
+    original = featurize(situation_from_event(event), DEMAND)
+    flipped = featurize(situation_from_event(reordered), DEMAND)
     np.testing.assert_allclose(flipped.candidates[::-1], original.candidates, rtol=1e-6)
     np.testing.assert_allclose(flipped.context, original.context)
 
@@ -109,3 +114,48 @@ def test_hour_of_day_is_utc_whatever_the_offset():
     assert situation_from_event(shifted).hour_of_day == pytest.approx(
         situation_from_event(event).hour_of_day
     )
+
+
+def _two_drivers(available_in_min: tuple[float, float]) -> Situation:
+    """Driver 0 in town, next to every demand point; driver 1 20 km out of town."""
+    return Situation(
+        hour_of_day=9.0,
+        priority=1,
+        pickup_lat=46.20,
+        pickup_lon=6.14,
+        dropoff_lat=46.21,
+        dropoff_lon=6.13,
+        to_window_start_min=10.0,
+        to_window_end_min=25.0,
+        driver_lat=np.array([46.205, 46.38]),
+        driver_lon=np.array([6.135, 6.14]),
+        available_in_min=np.array(available_in_min),
+        queue_len=np.zeros(2),
+        eligible=np.ones(2, dtype=np.bool_),
+    )
+
+
+def test_coverage_features_say_which_driver_the_demand_depends_on():
+    names = list(CANDIDATE_FEATURES)
+    loss, share, mean_km = (
+        names.index(n) for n in ("coverage_loss_km", "covered_share", "mean_km_to_demand")
+    )
+    free = featurize(_two_drivers((0.0, 0.0)), DEMAND).candidates
+    assert free[0, share] == 1.0 and free[1, share] == 0.0  # the town driver is nearest to all
+    assert free[0, loss] > 1.5  # without it, the next reach is ~20 km farther (/10 scaling)
+    assert free[1, loss] == 0.0  # nothing depends on the far driver
+    assert free[0, mean_km] < free[1, mean_km]
+    # Busy for an hour, the town driver's reach is worse than the free far one's: roles swap.
+    busy = featurize(_two_drivers((60.0, 0.0)), DEMAND).candidates
+    assert busy[0, share] == 0.0 and busy[1, share] == 1.0
+
+
+def test_demand_map_is_deterministic_capped_and_refuses_no_history():
+    points = [(46.0 + i * 1e-3, 6.0) for i in range(500)]
+    first, again = demand_map(points), demand_map(points)
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (DEMAND_POINTS, 2)
+    assert first[0].tolist() == [46.0, 6.0] and first[-1].tolist() == [46.499, 6.0]
+    assert demand_map(points[:3]).shape == (3, 2)
+    with pytest.raises(ValueError, match="at least one pickup"):
+        demand_map([])

@@ -6,10 +6,22 @@ code that turns it into numbers. The Q-network scores each candidate row with
 shared weights, so the number of candidates is free (9 in training, 40 in
 serving). Change the arithmetic here and you must bump FEATURIZER_VERSION: it is
 stored with every model, and a model refuses features of another version.
+
+Besides the situation, the featurizer takes the world's demand map: up to
+DEMAND_POINTS historical pickup positions (`demand_map`). The coverage features
+say how much the fleet's reach to where bookings come from would suffer if a
+candidate were taken: what separates a driver worth keeping free from an
+equally close one that is not (version 2; without them the DQN closed 19-22 %
+of the greedy→hindsight gap in the store-calibrated world, with them 25-30 %).
+The map belongs to the world, not to the model: the simulator takes it from its
+scenario, offline training from the scenario it trains in, and a model's
+metadata carries that scenario, so `demand_map(metadata["scenario"]["pickup_points"])`
+rebuilds it for serving.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -17,7 +29,9 @@ from numpy.typing import NDArray
 
 from dispatchloop.events import DispatchOutcomeEvent
 
-FEATURIZER_VERSION = 1
+FEATURIZER_VERSION = 2
+DEMAND_POINTS = 64
+"""Historical pickups in a demand map: enough to describe hubs, cheap per decision."""
 EARTH_RADIUS_KM = 6371.0088
 REFERENCE_SPEED_KMH = 30.0
 """Speed used only to turn distance into a comparable ETA feature; the simulator's
@@ -33,6 +47,9 @@ CANDIDATE_FEATURES = (
     "late_by_h",
     "early_by_h",
     "eligible",
+    "coverage_loss_km",
+    "covered_share",
+    "mean_km_to_demand",
 )
 CONTEXT_FEATURES = (
     "priority_1",
@@ -49,6 +66,8 @@ CONTEXT_FEATURES = (
 N_CANDIDATE_FEATURES = len(CANDIDATE_FEATURES)
 N_CONTEXT_FEATURES = len(CONTEXT_FEATURES)
 FloatArray = NDArray[np.float32]
+DemandMap = NDArray[np.float64]
+"""(P, 2) pickup positions (lat, lon) of a world, from `demand_map`."""
 
 
 class Situation(NamedTuple):
@@ -88,7 +107,44 @@ def distance_km(
     return np.asarray(2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0))))
 
 
-def featurize(situation: Situation) -> Features:
+def demand_map(pickup_points: Sequence[Sequence[float]] | NDArray[np.float64]) -> DemandMap:
+    """The demand map of a world: at most DEMAND_POINTS of its historical pickups (lat, lon).
+
+    Evenly spaced through the list, so the same history always gives the same map.
+    """
+    points = np.asarray(pickup_points, dtype=np.float64).reshape(-1, 2)
+    if len(points) == 0:
+        raise ValueError("a demand map needs at least one pickup position")
+    chosen = np.unique(np.linspace(0, len(points) - 1, min(len(points), DEMAND_POINTS)).astype(int))
+    return np.asarray(points[chosen], dtype=np.float64)
+
+
+def _coverage(
+    driver_lat: NDArray[np.float64],
+    driver_lon: NDArray[np.float64],
+    available_in_min: NDArray[np.float64],
+    demand: DemandMap,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Per driver (B, n): coverage loss (km), share of demand points it is nearest to, mean km.
+
+    A driver's reach to a demand point is its distance plus the distance it could
+    have driven while still busy (at the reference speed). The coverage loss of
+    driver i is the mean, over the demand points it reaches first, of how much
+    farther the next driver is: what taking i away costs the fleet's reach.
+    Shared by `featurize` and `featurize_batch` so both give identical numbers.
+    """
+    km = distance_km(driver_lat[..., None], driver_lon[..., None], demand[:, 0], demand[:, 1])
+    reach = km + available_in_min[..., None] / 60.0 * REFERENCE_SPEED_KMH  # (B, n, P)
+    n = reach.shape[1]
+    nearest = reach.argmin(axis=1)  # (B, P)
+    ordered = np.sort(reach, axis=1)
+    margin = ordered[:, 1] - ordered[:, 0] if n > 1 else np.zeros_like(ordered[:, 0])
+    owns = nearest[:, None, :] == np.arange(n)[None, :, None]  # (B, n, P)
+    loss = (owns * margin[:, None, :]).mean(axis=2)
+    return loss, owns.mean(axis=2), km.mean(axis=2)
+
+
+def featurize(situation: Situation, demand: DemandMap) -> Features:
     s = situation
     n = len(s.driver_lat)
     pickup_km = distance_km(s.driver_lat, s.driver_lon, s.pickup_lat, s.pickup_lon)
@@ -105,6 +161,12 @@ def featurize(situation: Situation) -> Features:
     candidates[:, 6] = np.maximum(eta_min - s.to_window_end_min, 0.0) / 60.0
     candidates[:, 7] = np.maximum(s.to_window_start_min - eta_min, 0.0) / 60.0
     candidates[:, 8] = s.eligible
+    loss, share, mean_km = _coverage(
+        s.driver_lat[None], s.driver_lon[None], s.available_in_min[None], demand
+    )
+    candidates[:, 9] = loss[0] / 10.0
+    candidates[:, 10] = share[0]
+    candidates[:, 11] = mean_km[0] / 10.0
     trip_km = float(distance_km(s.pickup_lat, s.pickup_lon, s.dropoff_lat, s.dropoff_lon))
     angle = 2 * np.pi * s.hour_of_day / 24.0
     context = np.array(
@@ -174,7 +236,7 @@ class SituationBatch(NamedTuple):
     eligible: NDArray[np.bool_]
 
 
-def featurize_batch(batch: SituationBatch) -> Features:
+def featurize_batch(batch: SituationBatch, demand: DemandMap) -> Features:
     """Vectorised `featurize`: candidates (B, n, F), context (B, C), mask (B, n)."""
     s = batch
     size, n = s.driver_lat.shape
@@ -196,6 +258,10 @@ def featurize_batch(batch: SituationBatch) -> Features:
     candidates[..., 6] = np.maximum(eta_min - s.to_window_end_min[:, None], 0.0) / 60.0
     candidates[..., 7] = np.maximum(s.to_window_start_min[:, None] - eta_min, 0.0) / 60.0
     candidates[..., 8] = s.eligible
+    loss, share, mean_km = _coverage(s.driver_lat, s.driver_lon, s.available_in_min, demand)
+    candidates[..., 9] = loss / 10.0
+    candidates[..., 10] = share
+    candidates[..., 11] = mean_km / 10.0
     trip_km = distance_km(s.pickup_lat, s.pickup_lon, s.dropoff_lat, s.dropoff_lon)
     angle = 2 * np.pi * s.hour_of_day / 24.0
     context = np.empty((size, N_CONTEXT_FEATURES), dtype=np.float32)

@@ -26,6 +26,7 @@ from dispatchloop.rl.buffer import Transitions
 from dispatchloop.rl.featurizer import (
     N_CANDIDATE_FEATURES,
     N_CONTEXT_FEATURES,
+    DemandMap,
     Features,
     featurize,
     situation_from_event,
@@ -95,16 +96,18 @@ class LoggedDataset:
         store: ReplayStore,
         window: TimeWindow,
         reward: RewardSettings,
+        demand: DemandMap,
         max_candidates: int | None = None,
     ) -> LoggedDataset:
-        """All logged transitions decided within the window."""
-        return cls.from_transitions(iter_transitions(store, window), reward, max_candidates)
+        """All logged transitions decided within the window, featurized on `demand`."""
+        return cls.from_transitions(iter_transitions(store, window), reward, demand, max_candidates)
 
     @classmethod
     def from_transitions(
         cls,
         transitions: Iterable[LoggedTransition],
         reward: RewardSettings,
+        demand: DemandMap,
         max_candidates: int | None = None,
     ) -> LoggedDataset:
         """Featurize and pad; with max_candidates None, pad to the largest candidate list."""
@@ -113,7 +116,7 @@ class LoggedDataset:
             if transition.next_event is None and not transition.done:
                 gaps += 1
                 continue
-            rows.append(_Row.of(transition, reward))
+            rows.append(_Row.of(transition, reward, demand))
         width = max_candidates or max((row.width for row in rows), default=1)
         kept = [row for row in rows if row.width <= width]
         return cls._stack(kept, width, skipped=len(rows) - len(kept), gaps=gaps)
@@ -177,12 +180,12 @@ class _Row:
         return max(len(self.features.mask), len(self.next_features.mask))
 
     @classmethod
-    def of(cls, transition: LoggedTransition, reward: RewardSettings) -> _Row:
+    def of(cls, transition: LoggedTransition, reward: RewardSettings, demand: DemandMap) -> _Row:
         event = transition.event
-        features = featurize(situation_from_event(event))
+        features = featurize(situation_from_event(event), demand)
         nxt = transition.next_event
         done = transition.done
-        next_features = features if nxt is None else featurize(situation_from_event(nxt))
+        next_features = features if nxt is None else featurize(situation_from_event(nxt), demand)
         propensity = event.action.propensity
         return cls(
             features=features,

@@ -30,6 +30,7 @@ from dispatchloop.replay.engine import open_store
 from dispatchloop.rl.artifacts import ModelArtifact, save_model
 from dispatchloop.rl.callbacks import ProgressCallback
 from dispatchloop.rl.dqn import TrainResult, train_dispatch, train_gym, train_offline
+from dispatchloop.rl.featurizer import DemandMap
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.logged import LoggedDataset
 from dispatchloop.settings import Settings
@@ -156,7 +157,9 @@ def _train_dispatch(
     training: dict[str, Any] = {"mode": "sim", "seed": request.seed, "scenario": request.scenario}
     init_from, offline = None, None
     if request.from_store:
-        offline = _pretrain_offline(settings, config, request, show_progress)
+        offline = _pretrain_offline(
+            settings, config, request, show_progress, scenario.arrays.demand
+        )
         init_from = offline.q_network
         training.update(
             mode="offline+sim", offline_gradient_steps=offline.gradient_steps, data_window="all"
@@ -193,10 +196,15 @@ def _train_dispatch(
 
 
 def _pretrain_offline(
-    settings: Settings, config: DQNConfig, request: TrainRequest, show_progress: bool | None
+    settings: Settings,
+    config: DQNConfig,
+    request: TrainRequest,
+    show_progress: bool | None,
+    demand: DemandMap,
 ) -> TrainResult:
+    """Offline DQN on the store's transitions, featurized on the training world's demand map."""
     with _store(settings) as store:
-        dataset = LoggedDataset.from_store(store, TimeWindow(), settings.reward)
+        dataset = LoggedDataset.from_store(store, TimeWindow(), settings.reward, demand)
     if len(dataset) == 0:
         raise TrainInputError("the replay store holds no logged transitions to train on")
     logger.info(

@@ -224,7 +224,8 @@ class DispatchEnv(gym.Env[Observation, np.int64]):
         return mask
 
     def _observe(self) -> Observation:
-        return padded_observation(featurize(self.situation()), self.max_candidates)
+        features = featurize(self.situation(), self.scenario.arrays.demand)
+        return padded_observation(features, self.max_candidates)
 
     def _require(self) -> tuple[EpisodePlan, FleetState]:
         if self._plans is None or self._state is None:

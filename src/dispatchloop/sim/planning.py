@@ -90,16 +90,16 @@ def greedy_sequence(plan: EpisodePlan, scenario: Scenario) -> NDArray[np.int64]:
     sequence = np.zeros(plan.n_bookings, dtype=np.int64)
     for k in range(plan.n_bookings):
         step = np.array([k])
-        sequence[k] = int(greedy_actions(state, plans, step)[0])
+        sequence[k] = int(greedy_actions(state, plans, step, scenario)[0])
         apply_decisions(scenario, state, plans, step, sequence[k : k + 1])
     return sequence
 
 
 def greedy_actions(
-    state: FleetState, plans: EpisodePlan, step: NDArray[np.int64]
+    state: FleetState, plans: EpisodePlan, step: NDArray[np.int64], scenario: Scenario
 ) -> NDArray[np.int64]:
     """GreedyPolicy's choice in every episode of the batch: the earliest eligible ETA."""
-    features = featurize_batch(situation_batch(state, plans, step))
+    features = featurize_batch(situation_batch(state, plans, step), scenario.arrays.demand)
     eta = np.where(features.mask, features.candidates[..., ETA_COLUMN], np.inf)
     return np.asarray(eta.argmin(axis=1), dtype=np.int64)
 
@@ -212,7 +212,7 @@ def rollout_returns(
     for k in range(decided, futures.n_bookings):
         step = np.full(count, k)
         if k > decided:
-            actions = greedy_actions(fleet, plans, step)
+            actions = greedy_actions(fleet, plans, step, scenario)
         out = apply_decisions(scenario, fleet, plans, step, actions)
         totals += rewards_of(out, plans.priority[:, k], reward)
     return np.asarray(totals.reshape(samples, n_try).mean(axis=0), dtype=np.float64)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from dispatchloop.rl.featurizer import DemandMap, demand_map
+
 if TYPE_CHECKING:
     from dispatchloop.replay.base import ReplayStore, TimeWindow
 
@@ -214,6 +216,7 @@ class Scenario:
             / float(sum(self.shift_start_by_hour or (1.0,) * 24)),
             priority_p=np.asarray(self.priority_mix, dtype=np.float64)
             / float(sum(self.priority_mix)),
+            demand=demand_map(pickups),
         )
 
 
@@ -226,6 +229,8 @@ class ScenarioArrays:
     rates: NDArray[np.float64]
     start_p: NDArray[np.float64]
     priority_p: NDArray[np.float64]
+    demand: DemandMap
+    """The featurizer's demand map of this world (from its historical pickups)."""
 
 
 def _jsonable(value: Any) -> Any:

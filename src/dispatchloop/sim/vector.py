@@ -160,7 +160,9 @@ class VecDispatchEnv:
 
     def _observe(self) -> Observation:
         plans, state = self._require()
-        features = featurize_batch(situation_batch(state, plans, self._step))
+        features = featurize_batch(
+            situation_batch(state, plans, self._step), self.scenario.arrays.demand
+        )
         n, m = self.scenario.n_drivers, self.max_candidates
         if m == n:
             return {

@@ -35,6 +35,7 @@ from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.scenario import Scenario
 
 SMALL = DQNConfig(hidden_size=32, learning_starts=200, buffer_size=5_000, batch_size=32)
+DEMAND = Scenario.default().arrays.demand  # the world the logged transitions come from
 
 
 def test_absurd_learning_rate_raises_a_clear_error() -> None:
@@ -150,7 +151,7 @@ def test_logged_dataset_pads_masks_and_keeps_propensities(
     logged_transitions: Callable[[int], list[LoggedTransition]],
 ) -> None:
     transitions = logged_transitions(40)
-    data = LoggedDataset.from_transitions(transitions, RewardSettings(), max_candidates=12)
+    data = LoggedDataset.from_transitions(transitions, RewardSettings(), DEMAND, max_candidates=12)
     assert len(data) == 40 and data.max_candidates == 12
     assert data.candidates.shape[1:] == (12, data.candidates.shape[2])
     assert data.masks[np.arange(40), data.actions].all()  # the logged action is always allowed
@@ -166,14 +167,14 @@ def test_logged_gaps_are_left_out(
 ) -> None:
     transitions = logged_transitions(5)
     gap = LoggedTransition(transitions[1].event, None, False)
-    data = LoggedDataset.from_transitions([transitions[0], gap], RewardSettings())
+    data = LoggedDataset.from_transitions([transitions[0], gap], RewardSettings(), DEMAND)
     assert len(data) == 1 and data.gaps == 1
 
 
 def test_offline_training_with_cql_runs_and_counts_steps(
     logged_transitions: Callable[[int], list[LoggedTransition]],
 ) -> None:
-    data = LoggedDataset.from_transitions(logged_transitions(60), RewardSettings())
+    data = LoggedDataset.from_transitions(logged_transitions(60), RewardSettings(), DEMAND)
     config = DQNConfig(hidden_size=32, batch_size=32, cql_alpha=1.0, target_update_interval=50)
     recorder = Recorder()
     result = train_offline(config, data, gradient_steps=120, seed=0, callbacks=[recorder])

@@ -105,6 +105,7 @@ class Case(NamedTuple):
     cql: float
 
 
+DEMAND = Scenario.default().arrays.demand  # the world the logged transitions come from
 CASES = {
     "flat-double": Case("flat", False, "relu", 2, True, 0.0),
     "flat-dueling": Case("flat", True, "relu", 2, True, 0.0),
@@ -332,6 +333,6 @@ def test_every_training_entry_point_runs_the_numpy_step(
     dispatch = train_dispatch(small, Scenario.default(), RewardSettings(), 100, seed=0, num_envs=2)
     assert calls == ["CandidateQFunction"] * dispatch.gradient_steps and calls
     calls.clear()
-    data = LoggedDataset.from_transitions(logged_transitions(30), RewardSettings())
+    data = LoggedDataset.from_transitions(logged_transitions(30), RewardSettings(), DEMAND)
     offline = train_offline(small, data, gradient_steps=5, seed=0)
     assert calls == ["CandidateQFunction"] * 5 and offline.gradient_steps == 5

@@ -41,7 +41,7 @@ def test_episode_length_and_termination_info() -> None:
     scenario = Scenario.default()
     env = DispatchEnv(scenario, RewardSettings(), max_candidates=16)
     obs, _ = env.reset(seed=3)
-    assert obs["candidates"].shape == (16, 9)
+    assert obs["candidates"].shape == (16, 12)  # 12 candidate features (featurizer v2)
     assert obs["action_mask"][scenario.n_drivers :].sum() == 0
     steps, done, info = 0, False, {}
     while not done:
@@ -77,9 +77,10 @@ def test_featurize_batch_equals_featurize_row_by_row() -> None:
     state = FleetState.start(plans)
     step = np.arange(32) % scenario.bookings_per_episode
     situations = situation_batch(state, plans, step)
-    batch = featurize_batch(situations)
+    demand = scenario.arrays.demand
+    batch = featurize_batch(situations, demand)
     for i in range(32):
-        single = featurize(Situation(*(np.asarray(field)[i] for field in situations)))
+        single = featurize(Situation(*(np.asarray(field)[i] for field in situations)), demand)
         np.testing.assert_array_equal(batch.candidates[i], single.candidates)
         np.testing.assert_array_equal(batch.context[i], single.context)
         np.testing.assert_array_equal(batch.mask[i], single.mask)

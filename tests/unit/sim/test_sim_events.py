@@ -55,7 +55,7 @@ def test_logged_event_features_and_reward_equal_the_env(seed: int, scenario: Sce
     n = scenario.n_drivers
     for event in events:
         logged = _parse(event)
-        features = featurize(situation_from_event(logged))
+        features = featurize(situation_from_event(logged), scenario.arrays.demand)
         np.testing.assert_array_equal(features.candidates, obs["candidates"][:n])
         np.testing.assert_array_equal(features.context, obs["context"])
         np.testing.assert_array_equal(features.mask, obs["action_mask"][:n].astype(bool))
@@ -102,7 +102,7 @@ def test_propensity_is_the_epsilon_greedy_probability() -> None:
 
 
 def _parse_greedy_choice(event: DispatchOutcomeEvent) -> int:
-    features = featurize(situation_from_event(event))
+    features = featurize(situation_from_event(event), Scenario.default().arrays.demand)
     eta = np.where(features.mask, features.candidates[:, 2], np.inf)
     return int(eta.argmin())
 
