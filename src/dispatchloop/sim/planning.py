@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
-from dispatchloop.rl.featurizer import CANDIDATE_FEATURES, featurize_batch
+from dispatchloop.rl.featurizer import eta_h_batch
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.dynamics import (
     PLAN_FIELDS,
@@ -30,7 +30,6 @@ from dispatchloop.sim.dynamics import (
 from dispatchloop.sim.scenario import Scenario
 
 INELIGIBLE_COST = 1e9
-ETA_COLUMN = CANDIDATE_FEATURES.index("eta_h")
 BOOKING_FIELDS = (
     "decided_s",
     "window_start_s",
@@ -90,17 +89,20 @@ def greedy_sequence(plan: EpisodePlan, scenario: Scenario) -> NDArray[np.int64]:
     sequence = np.zeros(plan.n_bookings, dtype=np.int64)
     for k in range(plan.n_bookings):
         step = np.array([k])
-        sequence[k] = int(greedy_actions(state, plans, step, scenario)[0])
+        sequence[k] = int(greedy_actions(state, plans, step)[0])
         apply_decisions(scenario, state, plans, step, sequence[k : k + 1])
     return sequence
 
 
 def greedy_actions(
-    state: FleetState, plans: EpisodePlan, step: NDArray[np.int64], scenario: Scenario
+    state: FleetState, plans: EpisodePlan, step: NDArray[np.int64]
 ) -> NDArray[np.int64]:
-    """GreedyPolicy's choice in every episode of the batch: the earliest eligible ETA."""
-    features = featurize_batch(situation_batch(state, plans, step), scenario.arrays.demand)
-    eta = np.where(features.mask, features.candidates[..., ETA_COLUMN], np.inf)
+    """GreedyPolicy's choice in every episode of the batch: the earliest eligible ETA.
+
+    The same float32 `eta_h` the observation carries, so ties break alike.
+    """
+    situations = situation_batch(state, plans, step)
+    eta = np.where(situations.eligible, eta_h_batch(situations), np.inf)
     return np.asarray(eta.argmin(axis=1), dtype=np.int64)
 
 
@@ -212,7 +214,7 @@ def rollout_returns(
     for k in range(decided, futures.n_bookings):
         step = np.full(count, k)
         if k > decided:
-            actions = greedy_actions(fleet, plans, step, scenario)
+            actions = greedy_actions(fleet, plans, step)
         out = apply_decisions(scenario, fleet, plans, step, actions)
         totals += rewards_of(out, plans.priority[:, k], reward)
     return np.asarray(totals.reshape(samples, n_try).mean(axis=0), dtype=np.float64)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from dispatchloop.rl.featurizer import Situation, featurize, featurize_batch
+from dispatchloop.rl.featurizer import (
+    CANDIDATE_FEATURES,
+    Situation,
+    eta_h_batch,
+    featurize,
+    featurize_batch,
+)
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.dynamics import FleetState, make_plan, situation_batch, stack_plans
 from dispatchloop.sim.env import DispatchEnv
@@ -84,3 +90,6 @@ def test_featurize_batch_equals_featurize_row_by_row() -> None:
         np.testing.assert_array_equal(batch.candidates[i], single.candidates)
         np.testing.assert_array_equal(batch.context[i], single.context)
         np.testing.assert_array_equal(batch.mask[i], single.mask)
+    # The planners' greedy continuation ranks by this column alone: it must be the same.
+    eta_column = list(CANDIDATE_FEATURES).index("eta_h")
+    np.testing.assert_array_equal(eta_h_batch(situations), batch.candidates[..., eta_column])
