@@ -27,13 +27,7 @@ from dispatchloop.progress import Progress, progress
 from dispatchloop.replay import TimeWindow, open_store
 from dispatchloop.rl.policy import DQNPolicy
 from dispatchloop.settings import RewardSettings
-from dispatchloop.sim.policies import (
-    GreedyPolicy,
-    HindsightPolicy,
-    Policy,
-    RandomPolicy,
-    RolloutPolicy,
-)
+from dispatchloop.sim.policies import NAMED_POLICIES, Policy
 from dispatchloop.sim.rollout import EpisodeResults, run_episodes
 from dispatchloop.sim.scenario import Scenario
 
@@ -67,15 +61,9 @@ def dispatch_policy(spec: PolicySpec, seed: int) -> Policy:
     """The sim `Policy` for one spec; `random` is seeded so reruns are identical."""
     if spec.model_dir is not None:
         return DQNPolicy(load_q_network(spec.model_dir), name=spec.name)
-    if spec.name == "random":
-        return RandomPolicy(seed)
-    if spec.name == "greedy":
-        return GreedyPolicy()
-    if spec.name == "hindsight":
-        return HindsightPolicy()
-    if spec.name == "rollout":
-        return RolloutPolicy(seed=seed)
-    raise EvaluationInputError(f"{spec.name!r} is not a simulator baseline")
+    if spec.name not in NAMED_POLICIES:
+        raise EvaluationInputError(f"{spec.name!r} is not a simulator baseline")
+    return NAMED_POLICIES[spec.name](seed)
 
 
 def episode_metrics(results: EpisodeResults) -> dict[str, FloatArray]:

@@ -10,6 +10,7 @@ foresight, at tens of milliseconds per decision).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -212,3 +213,13 @@ class RolloutPolicy:
         if obs["action_mask"].shape[0] != 1:
             raise ValueError("RolloutPolicy plans one episode: use act() per env")
         return np.array([self.act({key: value[0] for key, value in obs.items()})])
+
+
+NAMED_POLICIES: dict[str, Callable[[int], Policy]] = {
+    "greedy": lambda seed: GreedyPolicy(),
+    "random": RandomPolicy,
+    "hindsight": lambda seed: HindsightPolicy(),
+    "rollout": lambda seed: RolloutPolicy(seed=seed),
+}
+"""The baselines by name, built from a seed (used by `random` and `rollout` so reruns are
+identical): one table for `simulate --policy` and `evaluate --policies`."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,24 +31,12 @@ from dispatchloop.rl.featurizer import Situation
 from dispatchloop.settings import KafkaSettings, RewardSettings, Settings
 from dispatchloop.sim.dynamics import EpisodePlan
 from dispatchloop.sim.env import DispatchEnv
-from dispatchloop.sim.policies import (
-    GreedyPolicy,
-    HindsightPolicy,
-    Policy,
-    RandomPolicy,
-    RolloutPolicy,
-)
+from dispatchloop.sim.policies import NAMED_POLICIES, Policy
 from dispatchloop.sim.scenario import Scenario
 
 logger = logging.getLogger(__name__)
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
 EVENT_NAMESPACE = uuid.UUID("6f1d2c1e-1a52-4d0c-9a8e-5b0f0c1d2e3f")
-NAMED_POLICIES: dict[str, Callable[[int], Policy]] = {
-    "greedy": lambda seed: GreedyPolicy(),
-    "random": RandomPolicy,
-    "hindsight": lambda seed: HindsightPolicy(),
-    "rollout": lambda seed: RolloutPolicy(seed=seed),
-}
 Observation = dict[str, NDArray[Any]]
 
 

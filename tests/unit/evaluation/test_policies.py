@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 
 from dispatchloop.evaluation.policies import (
+    BASELINES,
     GYM_BASELINES,
     EvaluationInputError,
     EvaluationRequest,
     PolicySpec,
     parse_policies,
 )
+from dispatchloop.evaluation.simulated import dispatch_policy
+from dispatchloop.sim.policies import NAMED_POLICIES
 from dispatchloop.sim.rollout import TEST_SEED_BASE, validation_seeds
 
 
@@ -38,6 +41,13 @@ def test_baselines_and_directories(tmp_path: Path) -> None:
 def test_unusable_names_are_refused(names: list[str], message: str) -> None:
     with pytest.raises(EvaluationInputError, match=message):
         parse_policies(names)
+
+
+def test_every_baseline_name_builds_a_simulator_policy() -> None:
+    """`evaluate` accepts exactly the names `simulate` can build (one table, two commands)."""
+    assert set(BASELINES) == set(NAMED_POLICIES)
+    for name in BASELINES:
+        assert dispatch_policy(PolicySpec(name), seed=3).name == name
 
 
 def test_gym_has_no_greedy_baseline() -> None:
