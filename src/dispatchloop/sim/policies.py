@@ -189,24 +189,45 @@ class RolloutPolicy:
         self._rng = np.random.default_rng([self.seed, int(plan.decided_s[0])])
 
     def act(self, obs: Observation) -> int:
+        values = self.candidate_values(obs)
+        chosen = int(values.argmax())  # ties keep the lower index
+        self.record(chosen)
+        return chosen
+
+    def candidate_values(self, obs: Observation) -> NDArray[np.float64]:
+        """The planner's value of every candidate of the current booking (-inf where masked).
+
+        The mean return over the sampled futures from this booking on; with one
+        eligible driver there is nothing to compare and its value is 0. Does not
+        advance the episode: `record` the decision actually taken (by this planner
+        or, when it labels another policy's states, by that policy).
+        """
+        plan, fleet, k = self._plan, self._fleet, self._decided
+        if plan is None or fleet is None or k >= plan.n_bookings:
+            raise RuntimeError("call begin_episode(env.plan) at the start of every episode")
+        assert plan.scenario is not None and plan.reward is not None  # begin_episode checked
+        mask = obs["action_mask"].astype(bool)
+        drivers = np.flatnonzero(mask[: plan.n_drivers])
+        if len(drivers) == 0:
+            raise ValueError("no eligible driver in the observation")
+        values = np.full(len(mask), -np.inf)
+        if len(drivers) == 1:
+            values[drivers] = 0.0
+            return values
+        futures = sampled_futures(plan, k, plan.scenario, self._rng, self.samples)
+        values[drivers] = rollout_returns(
+            futures, fleet, k, drivers, scenario=plan.scenario, reward=plan.reward
+        )
+        return values
+
+    def record(self, action: int) -> None:
+        """Apply the decision taken for the current booking: known to a dispatcher by the next."""
         plan, batch, fleet, k = self._plan, self._batch, self._fleet, self._decided
         if plan is None or batch is None or fleet is None or k >= plan.n_bookings:
             raise RuntimeError("call begin_episode(env.plan) at the start of every episode")
-        assert plan.scenario is not None and plan.reward is not None  # begin_episode checked
-        drivers = np.flatnonzero(obs["action_mask"][: plan.n_drivers])
-        if len(drivers) == 0:
-            raise ValueError("no eligible driver in the observation")
-        chosen = int(drivers[0])
-        if len(drivers) > 1:
-            futures = sampled_futures(plan, k, plan.scenario, self._rng, self.samples)
-            values = rollout_returns(
-                futures, fleet, k, drivers, scenario=plan.scenario, reward=plan.reward
-            )
-            chosen = int(drivers[int(values.argmax())])
-        # The real outcome of this decision: known to the dispatcher by the next booking.
-        apply_decisions(plan.scenario, fleet, batch, np.array([k]), np.array([chosen]))
+        assert plan.scenario is not None  # begin_episode checked
+        apply_decisions(plan.scenario, fleet, batch, np.array([k]), np.array([action]))
         self._decided += 1
-        return chosen
 
     def act_batch(self, obs: Observation) -> NDArray[np.int64]:
         """One episode at a time, like the hindsight planner."""
