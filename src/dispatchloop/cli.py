@@ -259,6 +259,20 @@ def train(  # noqa: PLR0917 - Typer maps one parameter per option
     scenario: Annotated[
         str, typer.Option(help="default, or store (calibrated from stored events).")
     ] = "default",
+    distill: Annotated[
+        bool,
+        typer.Option(
+            "--distill",
+            help="Teach the scorer to choose as the rollout planner does (DAgger) "
+            "instead of Q-learning: a better dispatcher, minutes of planning to train.",
+        ),
+    ] = False,
+    distill_episodes: Annotated[
+        int | None,
+        typer.Option(
+            "--distill-episodes", min=1, help="Episodes per DAgger round with --distill (1000)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a DQN and write a verified model directory (safetensors, metadata, ONNX)."""
@@ -272,6 +286,13 @@ def train(  # noqa: PLR0917 - Typer maps one parameter per option
         raise fail_config(f"--scenario must be default or store, not {scenario!r}.")
     if env is not None and from_store:
         raise fail_config("--env and --from-store cannot be combined.")
+    if distill and (env is not None or from_store or sim_steps is not None or steps is not None):
+        raise fail_config(
+            "--distill trains in the simulator by its own budget (--distill-episodes); "
+            "it takes none of --env, --from-store, --sim-steps or --steps."
+        )
+    if distill_episodes is not None and not distill:
+        raise fail_config("--distill-episodes needs --distill.")
     request = TrainRequest(
         out=out,
         env_id=env,
@@ -281,6 +302,8 @@ def train(  # noqa: PLR0917 - Typer maps one parameter per option
         params=params,
         seed=seed,
         scenario="store" if scenario == "store" else "default",
+        distill=distill,
+        distill_episodes=distill_episodes,
     )
     try:
         summary = run_training(settings, request)

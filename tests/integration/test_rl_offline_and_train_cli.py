@@ -154,3 +154,41 @@ def test_train_cli_from_an_empty_store_exits_2(
     )
     assert result.exit_code == 2
     assert "no logged transitions" in result.stderr
+
+
+def test_train_cli_distill_writes_a_verified_model_taught_by_the_planner(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--distill", "--distill-episodes", "3", "--params", str(_params(tmp_path)),
+         "--out", str(out), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    bookings = Scenario.default().bookings_per_episode
+    assert summary["mode"] == "distill" and summary["env_steps"] == 2 * 3 * bookings
+    loaded = load_model(out)
+    assert loaded.metadata["training"]["teacher"] == "rollout"
+    assert loaded.metadata["training"]["distill"]["episodes_per_round"] == 3
+    assert loaded.onnx_path is not None and loaded.onnx_path.is_file()
+    seeds, world, reward = test_seeds(20), Scenario.default(), RewardSettings()
+    returns = run_episodes(DQNPolicy(loaded.q_network), world, reward, seeds).returns
+    random = run_episodes(RandomPolicy(0), world, reward, seeds).returns
+    assert returns.mean() > random.mean()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--distill", "--from-store"], "takes none of"),
+        (["--distill", "--sim-steps", "100"], "takes none of"),
+        (["--distill-episodes", "5"], "needs --distill"),
+    ],
+)
+def test_train_cli_distill_refuses_other_budgets(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(app, ["train", *options, "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert message in result.stderr and result.stderr.count(".") <= 2
+    assert not (tmp_path / "m").exists()

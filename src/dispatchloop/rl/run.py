@@ -1,10 +1,13 @@
 """`dispatchloop train`: one training run from options to a verified model directory.
 
-Three paths, chosen by the options:
+Four paths, chosen by the options:
 - `env_id` set: generic DQN on a Gymnasium env (`steps` env steps), e.g. CartPole-v1;
 - `from_store`: conservative offline DQN on the store's logged transitions
   (`steps` gradient steps), then online fine-tuning for `sim_steps` env steps in
   the simulator (skipped when 0);
+- `distill`: the candidate scorer taught by the rollout planner in the simulator
+  (rl/distill.py, DAgger; `distill_episodes` per round): the best dispatcher in
+  benchmarks/policy_quality.py, at the price of minutes of planning;
 - otherwise: online DQN in the simulator for `sim_steps` env steps.
 
 Bad input (unknown env, unreadable params, empty store, existing output
@@ -29,6 +32,7 @@ from dispatchloop.replay.base import ReplayStore, StoreUnavailableError, TimeWin
 from dispatchloop.replay.engine import open_store
 from dispatchloop.rl.artifacts import ModelArtifact, save_model
 from dispatchloop.rl.callbacks import ProgressCallback
+from dispatchloop.rl.distill import DistillConfig, train_distilled
 from dispatchloop.rl.dqn import TrainResult, train_dispatch, train_gym, train_offline
 from dispatchloop.rl.featurizer import DemandMap
 from dispatchloop.rl.hyperparams import DQNConfig
@@ -57,6 +61,9 @@ class TrainRequest:
     params: Path | None = None
     seed: int = 0
     scenario: Literal["default", "store"] = "default"
+    distill: bool = False
+    distill_episodes: int | None = None
+    """TRAIN episodes per DAgger round (None: DistillConfig's default)."""
 
 
 def load_config(path: Path | None) -> DQNConfig:
@@ -154,6 +161,13 @@ def _train_dispatch(
     settings: Settings, config: DQNConfig, request: TrainRequest, show_progress: bool | None
 ) -> tuple[TrainResult, dict[str, Any]]:
     scenario, window = _scenario(settings, request)
+    meta = {
+        "scenario": scenario.to_dict(),
+        "data_window": {"start": window.start, "end": window.end},
+    }
+    if request.distill:
+        distilled, how = _distill(settings, config, request, scenario, show_progress)
+        return distilled, {"training": how, **meta}
     training: dict[str, Any] = {"mode": "sim", "seed": request.seed, "scenario": request.scenario}
     init_from, offline = None, None
     if request.from_store:
@@ -187,12 +201,33 @@ def _train_dispatch(
                 gradient_steps=result.gradient_steps + offline.gradient_steps,
                 wall_seconds=result.wall_seconds + offline.wall_seconds,
             )
-    meta = {
-        "training": training,
-        "scenario": scenario.to_dict(),
-        "data_window": {"start": window.start, "end": window.end},
+    return result, {"training": training, **meta}
+
+
+def _distill(
+    settings: Settings,
+    config: DQNConfig,
+    request: TrainRequest,
+    scenario: Scenario,
+    show_progress: bool | None,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """The scorer taught by the rollout planner; `config` gives only the network's shape."""
+    distill = DistillConfig()
+    if request.distill_episodes is not None:
+        distill = DistillConfig(episodes_per_round=request.distill_episodes)
+    decisions = distill.rounds * distill.episodes_per_round * scenario.bookings_per_episode
+    with progress("train dispatch (distill)", decisions, show_bar=show_progress) as bar:
+        result = train_distilled(
+            config, scenario, settings.reward, distill, request.seed, [ProgressCallback(bar)]
+        )
+    training = {
+        "mode": "distill",
+        "seed": request.seed,
+        "scenario": request.scenario,
+        "teacher": "rollout",
+        "distill": distill.to_dict(),
     }
-    return result, meta
+    return result, training
 
 
 def _pretrain_offline(
