@@ -11,6 +11,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 import torch
 
+from dispatchloop.rl.distill import DistillConfig
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.scenario import Scenario
@@ -45,7 +46,13 @@ def test_shared_overrides_then_the_worlds_own(policy_quality: ModuleType) -> Non
 
 def test_plain_overrides_without_worlds(policy_quality: ModuleType) -> None:
     setup = policy_quality.world_setup({"n_step": 1}, "store")
-    assert setup == (DQNConfig(n_step=1), None, 1)
+    assert setup == (DQNConfig(n_step=1), None, 1, DistillConfig())
+
+
+def test_distill_budget_is_read_and_shared_by_both_worlds(policy_quality: ModuleType) -> None:
+    data = {"distill": {"rounds": 3, "futures": 8}, "worlds": {"store": {"train_seeds": 2}}}
+    for world in policy_quality.WORLDS:
+        assert policy_quality.world_setup(data, world).distill == DistillConfig(rounds=3, futures=8)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +63,9 @@ def test_plain_overrides_without_worlds(policy_quality: ModuleType) -> None:
         ({"worlds": {"store": {"train_steps": 0}}}, "positive integer"),
         ({"worlds": {"store": {"train_steps": 1.5}}}, "positive integer"),
         ({"worlds": []}, "must be an object"),
+        ({"distill": {"round": 3}}, "unknown distill setting 'round'"),
+        ({"distill": {"rounds": 0}}, "rounds must be positive"),
+        ({"distill": 3}, "must be an object"),
     ],
 )
 def test_refuses_what_it_would_silently_ignore(
