@@ -202,9 +202,7 @@ class RolloutPolicy:
         advance the episode: `record` the decision actually taken (by this planner
         or, when it labels another policy's states, by that policy).
         """
-        plan, fleet, k = self._plan, self._fleet, self._decided
-        if plan is None or fleet is None or k >= plan.n_bookings:
-            raise RuntimeError("call begin_episode(env.plan) at the start of every episode")
+        plan, _, fleet, k = self._episode()
         assert plan.scenario is not None and plan.reward is not None  # begin_episode checked
         mask = obs["action_mask"].astype(bool)
         drivers = np.flatnonzero(mask[: plan.n_drivers])
@@ -222,12 +220,17 @@ class RolloutPolicy:
 
     def record(self, action: int) -> None:
         """Apply the decision taken for the current booking: known to a dispatcher by the next."""
-        plan, batch, fleet, k = self._plan, self._batch, self._fleet, self._decided
-        if plan is None or batch is None or fleet is None or k >= plan.n_bookings:
-            raise RuntimeError("call begin_episode(env.plan) at the start of every episode")
+        plan, batch, fleet, k = self._episode()
         assert plan.scenario is not None  # begin_episode checked
         apply_decisions(plan.scenario, fleet, batch, np.array([k]), np.array([action]))
         self._decided += 1
+
+    def _episode(self) -> tuple[EpisodePlan, EpisodePlan, FleetState, int]:
+        """The episode under way (plan, plan as a batch of one, fleet, booking index)."""
+        plan, batch, fleet, k = self._plan, self._batch, self._fleet, self._decided
+        if plan is None or batch is None or fleet is None or k >= plan.n_bookings:
+            raise RuntimeError("call begin_episode(env.plan) at the start of every episode")
+        return plan, batch, fleet, k
 
     def act_batch(self, obs: Observation) -> NDArray[np.int64]:
         """One episode at a time, like the hindsight planner."""
