@@ -137,11 +137,7 @@ def world_setup(data: dict[str, object], world: str) -> WorldSetup:
     distill_overrides = shared.pop("distill", {})
     if not isinstance(distill_overrides, dict):
         raise ValueError('"distill" must be an object')
-    known = {field.name for field in dataclasses.fields(DistillConfig)}
-    unknown_distill = sorted(set(distill_overrides) - known)
-    if unknown_distill:
-        raise ValueError(f"unknown distill setting {unknown_distill[0]!r}")
-    distill = DistillConfig(**distill_overrides)
+    distill = DistillConfig.from_dict(distill_overrides)
     worlds = shared.pop("worlds", {})
     if not isinstance(worlds, dict):
         raise ValueError('"worlds" must be an object')

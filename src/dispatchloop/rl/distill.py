@@ -39,7 +39,7 @@ from torch.nn import functional
 
 from dispatchloop.rl.callbacks import TrainingCallback, TrainingContext
 from dispatchloop.rl.dqn import TrainingDivergedError, TrainResult, single_threaded
-from dispatchloop.rl.hyperparams import DQNConfig
+from dispatchloop.rl.hyperparams import DQNConfig, refuse_unknown_fields
 from dispatchloop.rl.networks import CandidateQNetwork
 from dispatchloop.rl.policy import DQNPolicy
 from dispatchloop.settings import RewardSettings
@@ -73,6 +73,12 @@ class DistillConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DistillConfig:
+        """Build from a dict, refusing unknown keys so a typo is not silently ignored."""
+        refuse_unknown_fields(cls, values, "distill setting")
+        return cls(**values)
 
 
 class Demonstrations(NamedTuple):

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+
+def refuse_unknown_fields(cls: type, values: Mapping[str, Any], what: str) -> None:
+    """Raise ValueError naming the first key of `values` that is no field of dataclass `cls`."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}")
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,7 @@ class DQNConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DQNConfig:
         """Build from a dict, refusing unknown keys so a typo is not silently ignored."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DQN hyperparameter {unknown[0]!r}")
+        refuse_unknown_fields(cls, values, "DQN hyperparameter")
         return cls(**values)
 
     @classmethod
