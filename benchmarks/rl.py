@@ -47,10 +47,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from dispatchloop.decisions.featurizer import N_CANDIDATE_FEATURES, N_CONTEXT_FEATURES
 from dispatchloop.rl.artifacts import export_onnx_model
 from dispatchloop.rl.buffer import ReplayBuffer, Transitions
 from dispatchloop.rl.dqn import Learner
-from dispatchloop.rl.featurizer import N_CANDIDATE_FEATURES, N_CONTEXT_FEATURES
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import CandidateQNetwork, FlatQNetwork
 from dispatchloop.rl.policy import DQNPolicy

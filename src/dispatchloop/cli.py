@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dispatchloop.settings import ConfigError, Settings, load_settings, masked_dump
+
+if TYPE_CHECKING:
+    from dispatchloop.sim.policies import LoggingPolicy
 
 EXIT_FAILURE = 1
 EXIT_BAD_CONFIG = 2
@@ -209,6 +212,7 @@ def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
             scenario_path=scenario,
             company_id=company_id,
             start=first_day.replace(tzinfo=UTC),
+            load_model_policy=_load_model_policy,
         )
     except SimulateInputError as exc:
         raise fail_config(f"{exc}.") from None
@@ -225,6 +229,13 @@ def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
 
 
 # --- training commands (rl/) ---
+
+
+def _load_model_policy(directory: Path) -> LoggingPolicy:
+    """`simulate --policy DIR`; imported on use, since `rl` pulls torch."""
+    from dispatchloop.rl.policy import load_logging_policy  # noqa: PLC0415
+
+    return load_logging_policy(directory)
 
 
 @app.command("train")

@@ -8,8 +8,7 @@ from datetime import timedelta, timezone
 import numpy as np
 import pytest
 
-from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
-from dispatchloop.rl.featurizer import (
+from dispatchloop.decisions.featurizer import (
     CANDIDATE_FEATURES,
     DEMAND_POINTS,
     N_CANDIDATE_FEATURES,
@@ -20,7 +19,13 @@ from dispatchloop.rl.featurizer import (
     featurize,
     situation_from_event,
 )
-from dispatchloop.rl.reward import STATUS_CODES, event_reward, outcome_reward, outcome_rewards
+from dispatchloop.decisions.reward import (
+    STATUS_CODES,
+    event_reward,
+    outcome_reward,
+    outcome_rewards,
+)
+from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
 from dispatchloop.settings import RewardSettings
 from dispatchloop.testing.events import encode, event_stream
 

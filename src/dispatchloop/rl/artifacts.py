@@ -33,7 +33,7 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import load_file, save_file
 
-from dispatchloop.rl.featurizer import (
+from dispatchloop.decisions.featurizer import (
     FEATURIZER_VERSION,
     N_CANDIDATE_FEATURES,
     N_CONTEXT_FEATURES,

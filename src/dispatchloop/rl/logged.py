@@ -19,11 +19,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from dispatchloop.events import DispatchOutcomeEvent
-from dispatchloop.replay.base import ReplayStore, TimeWindow
-from dispatchloop.replay.transitions import iter_transitions
-from dispatchloop.rl.buffer import Transitions
-from dispatchloop.rl.featurizer import (
+from dispatchloop.decisions.featurizer import (
     N_CANDIDATE_FEATURES,
     N_CONTEXT_FEATURES,
     DemandMap,
@@ -31,7 +27,11 @@ from dispatchloop.rl.featurizer import (
     featurize,
     situation_from_event,
 )
-from dispatchloop.rl.reward import event_reward
+from dispatchloop.decisions.reward import event_reward
+from dispatchloop.events import DispatchOutcomeEvent
+from dispatchloop.replay.base import ReplayStore, TimeWindow
+from dispatchloop.replay.transitions import iter_transitions
+from dispatchloop.rl.buffer import Transitions
 from dispatchloop.settings import RewardSettings
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dispatchloop.rl.featurizer import N_CANDIDATE_FEATURES, N_CONTEXT_FEATURES
+from dispatchloop.decisions.featurizer import N_CANDIDATE_FEATURES, N_CONTEXT_FEATURES
 from dispatchloop.rl.hyperparams import DQNConfig
 
 MASKED_Q = -1.0e9

@@ -10,12 +10,14 @@ The NumPy path is tested to agree with the PyTorch network.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from dispatchloop.rl.networks import MASKED_Q, CandidateQNetwork, QNetwork
+from dispatchloop.sim.policies import LoggingPolicy
 
 ObsDict = Mapping[str, NDArray[np.generic]]
 
@@ -145,3 +147,18 @@ class DQNPolicy:
         with torch.no_grad():
             q = self._network.q_values(tensors, torch.from_numpy(mask))
         return q.numpy()
+
+
+def load_logging_policy(directory: Path) -> LoggingPolicy:
+    """A verified model directory as the simulator's logging dispatcher (`simulate --policy DIR`).
+
+    Raises ValueError with the loader's one sentence when the directory is refused."""
+    from dispatchloop.rl.artifacts import ArtifactError, load_model  # noqa: PLC0415 - torch
+
+    try:
+        loaded = load_model(directory)
+    except ArtifactError as exc:
+        raise ValueError(str(exc)) from exc
+    meta = loaded.metadata
+    version = meta.get("model_version") or meta.get("model_id") or directory.name
+    return LoggingPolicy(DQNPolicy(loaded.q_network), "dqn", str(version))

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import gymnasium as gym
 
+from dispatchloop.decisions.featurizer import DemandMap
 from dispatchloop.progress import progress
 from dispatchloop.replay.base import ReplayStore, StoreUnavailableError, TimeWindow
 from dispatchloop.replay.engine import open_store
@@ -34,7 +35,6 @@ from dispatchloop.rl.artifacts import ModelArtifact, save_model
 from dispatchloop.rl.callbacks import ProgressCallback
 from dispatchloop.rl.distill import DistillConfig, train_distilled
 from dispatchloop.rl.dqn import TrainResult, train_dispatch, train_gym, train_offline
-from dispatchloop.rl.featurizer import DemandMap
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.logged import LoggedDataset
 from dispatchloop.settings import Settings

@@ -35,8 +35,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import ndtri
 
-from dispatchloop.rl.featurizer import SituationBatch, distance_km
-from dispatchloop.rl.reward import STATUS_CODES, outcome_rewards
+from dispatchloop.decisions.featurizer import SituationBatch, distance_km
+from dispatchloop.decisions.reward import STATUS_CODES, outcome_rewards
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.scenario import KM_PER_DEG_LAT, Scenario
 

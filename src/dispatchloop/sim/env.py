@@ -18,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
-from dispatchloop.rl.featurizer import (
+from dispatchloop.decisions.featurizer import (
     N_CANDIDATE_FEATURES,
     N_CONTEXT_FEATURES,
     Features,

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
-from dispatchloop.rl.featurizer import eta_h_batch
+from dispatchloop.decisions.featurizer import eta_h_batch
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.dynamics import (
     PLAN_FIELDS,

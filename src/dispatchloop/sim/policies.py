@@ -11,12 +11,13 @@ foresight, at tens of milliseconds per decision).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
-from dispatchloop.rl.featurizer import CANDIDATE_FEATURES
+from dispatchloop.decisions.featurizer import CANDIDATE_FEATURES
 from dispatchloop.sim.dynamics import EpisodePlan, FleetState, apply_decisions, stack_plans
 from dispatchloop.sim.planning import plan_sequence, rollout_returns, sampled_futures
 
@@ -247,3 +248,15 @@ NAMED_POLICIES: dict[str, Callable[[int], Policy]] = {
 }
 """The baselines by name, built from a seed (used by `random` and `rollout` so reruns are
 identical): one table for `simulate --policy` and `evaluate --policies`."""
+
+
+@dataclass(frozen=True)
+class LoggingPolicy:
+    """The dispatcher whose decisions are logged, and what to write in `action`."""
+
+    policy: Policy
+    """Chooses the driver."""
+    label: str
+    """`action.policy` of the logged events (`greedy`, `dqn`, ...)."""
+    model_version: str | None = None
+    """`action.model_version`: None for a policy that is not a model."""

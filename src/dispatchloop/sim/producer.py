@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,13 +24,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from dispatchloop.decisions.featurizer import Situation
 from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.progress import progress
-from dispatchloop.rl.featurizer import Situation
 from dispatchloop.settings import KafkaSettings, RewardSettings, Settings
 from dispatchloop.sim.dynamics import EpisodePlan
 from dispatchloop.sim.env import DispatchEnv
-from dispatchloop.sim.policies import NAMED_POLICIES, Policy
+from dispatchloop.sim.policies import NAMED_POLICIES, LoggingPolicy, Policy
 from dispatchloop.sim.scenario import Scenario
 
 logger = logging.getLogger(__name__)
@@ -48,34 +47,26 @@ class ProduceError(RuntimeError):
     """Kafka did not acknowledge every event."""
 
 
-@dataclass(frozen=True)
-class LoggingPolicy:
-    """The dispatcher whose decisions are logged, and what to write in `action`."""
+ModelPolicyLoader = Callable[[Path], LoggingPolicy]
+"""Loads a model directory as a logging policy (raises ValueError with one sentence).
 
-    policy: Policy
-    label: str
-    model_version: str | None = None
+Injected by the caller: the simulator does not import the trainer's package (`rl`)."""
 
 
-def resolve_policy(spec: str, seed: int) -> LoggingPolicy:
+def resolve_policy(
+    spec: str, seed: int, load_model_policy: ModelPolicyLoader | None = None
+) -> LoggingPolicy:
     """`greedy`, `random`, `hindsight`, `rollout`, or a model directory (loaded and verified)."""
     if spec in NAMED_POLICIES:
         return LoggingPolicy(NAMED_POLICIES[spec](seed), spec)
     directory = Path(spec)
-    if not directory.is_dir():
+    if not directory.is_dir() or load_model_policy is None:
         names = ", ".join(NAMED_POLICIES)
         raise SimulateInputError(f"--policy {spec!r} is neither {names} nor a model directory")
-    # Imported here: the rl package pulls torch, which the named policies do not need.
-    from dispatchloop.rl.artifacts import ArtifactError, load_model  # noqa: PLC0415
-    from dispatchloop.rl.policy import DQNPolicy  # noqa: PLC0415
-
     try:
-        loaded = load_model(directory)
-    except ArtifactError as exc:
+        return load_model_policy(directory)
+    except ValueError as exc:
         raise SimulateInputError(f"cannot load the model in {spec!r}: {exc}") from exc
-    meta = loaded.metadata
-    version = meta.get("model_version") or meta.get("model_id") or directory.name
-    return LoggingPolicy(DQNPolicy(loaded.q_network), "dqn", str(version))
 
 
 def load_scenario(path: Path | None) -> Scenario:
@@ -280,10 +271,11 @@ def simulate_to_kafka(
     scenario_path: Path | None = None,
     company_id: str = "sim",
     start: datetime = DEFAULT_START,
+    load_model_policy: ModelPolicyLoader | None = None,
 ) -> dict[str, Any]:
     """What `dispatchloop simulate` does; returns the summary it prints."""
     scenario = load_scenario(scenario_path)
-    logging_policy = resolve_policy(policy, seed)
+    logging_policy = resolve_policy(policy, seed, load_model_policy)
     events = simulated_events(
         scenario,
         settings.reward,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dispatchloop.rl.featurizer import DemandMap, demand_map
+from dispatchloop.decisions.featurizer import DemandMap, demand_map
 
 if TYPE_CHECKING:
     from dispatchloop.replay.base import ReplayStore, TimeWindow

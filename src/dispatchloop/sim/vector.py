@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dispatchloop.rl.featurizer import featurize_batch
+from dispatchloop.decisions.featurizer import featurize_batch
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.dynamics import (
     CANCELLED,

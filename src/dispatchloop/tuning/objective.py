@@ -23,9 +23,9 @@ from typing import Any, NoReturn
 import numpy as np
 import optuna
 
+from dispatchloop.decisions.featurizer import FEATURIZER_VERSION
 from dispatchloop.rl.callbacks import EvalCallback
 from dispatchloop.rl.dqn import TrainingDivergedError, train_dispatch
-from dispatchloop.rl.featurizer import FEATURIZER_VERSION
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.policy import DQNPolicy
 from dispatchloop.settings import RewardSettings

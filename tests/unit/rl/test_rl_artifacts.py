@@ -10,17 +10,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from dispatchloop.decisions.featurizer import (
+    FEATURIZER_VERSION,
+    N_CANDIDATE_FEATURES,
+    N_CONTEXT_FEATURES,
+)
 from dispatchloop.rl.artifacts import (
     ArtifactError,
     export_onnx_model,
     load_model,
     save_model,
     verify_onnx,
-)
-from dispatchloop.rl.featurizer import (
-    FEATURIZER_VERSION,
-    N_CANDIDATE_FEATURES,
-    N_CONTEXT_FEATURES,
 )
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import CandidateQNetwork, FlatQNetwork

@@ -7,9 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dispatchloop.decisions.featurizer import (
+    CANDIDATE_FEATURES,
+    N_CANDIDATE_FEATURES,
+    N_CONTEXT_FEATURES,
+)
 from dispatchloop.rl.buffer import Transitions
 from dispatchloop.rl.dqn import Learner
-from dispatchloop.rl.featurizer import CANDIDATE_FEATURES, N_CANDIDATE_FEATURES, N_CONTEXT_FEATURES
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import (
     MASKED_Q,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from dispatchloop.rl.featurizer import (
+from dispatchloop.decisions.featurizer import (
     CANDIDATE_FEATURES,
     Situation,
     eta_h_batch,

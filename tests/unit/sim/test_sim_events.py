@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dispatchloop.decisions.featurizer import featurize, situation_from_event
+from dispatchloop.decisions.reward import event_reward
 from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
-from dispatchloop.rl.featurizer import featurize, situation_from_event
-from dispatchloop.rl.reward import event_reward
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.env import DispatchEnv
 from dispatchloop.sim.producer import (

@@ -12,6 +12,7 @@ from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
 from dispatchloop.rl.artifacts import save_model
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import CandidateQNetwork
+from dispatchloop.rl.policy import load_logging_policy
 from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.producer import SimulateInputError, resolve_policy, simulated_events
 from dispatchloop.sim.scenario import Scenario
@@ -27,7 +28,7 @@ def model_dir(tmp_path: Path) -> Path:
 
 
 def test_model_directory_policy_produces_valid_events(model_dir: Path) -> None:
-    logging_policy = resolve_policy(str(model_dir), 0)
+    logging_policy = resolve_policy(str(model_dir), 0, load_logging_policy)
     assert (logging_policy.label, logging_policy.model_version) == ("dqn", "v-test")
     events = list(
         simulated_events(Scenario.default(), RewardSettings(), logging_policy, 25, seed=2)
@@ -45,4 +46,4 @@ def test_tampered_model_is_refused(model_dir: Path) -> None:
     weights = model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
     with pytest.raises(SimulateInputError, match="cannot load the model"):
-        resolve_policy(str(model_dir), 0)
+        resolve_policy(str(model_dir), 0, load_logging_policy)
