@@ -33,13 +33,15 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from dispatchloop.errors import InputError
+
 ENV_PREFIX = "DISPATCHLOOP_"
 CONFIG_FILE_ENV = "DISPATCHLOOP_CONFIG"
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 
 
-class ConfigError(Exception):
+class ConfigError(InputError):
     """A configuration problem, described in one sentence for the operator (exit code 2)."""
 
 

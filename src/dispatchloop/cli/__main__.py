@@ -1,0 +1,5 @@
+"""`python -m dispatchloop.cli`."""
+
+from dispatchloop.cli import main
+
+main()

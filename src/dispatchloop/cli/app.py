@@ -1,0 +1,50 @@
+"""The Typer application every command group registers on, and the helpers they share.
+
+The root callback builds the one Settings object; each command receives it
+through the Typer context (`settings_of`). Errors of the `errors.InputError`
+family reaching `main()` exit 2 with their one sentence (`fail_config` for a
+command's own checks); other `DispatchloopError`s exit 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dispatchloop.settings import Settings, load_settings
+
+EXIT_FAILURE = 1
+EXIT_BAD_CONFIG = 2
+
+app = typer.Typer(
+    name="dispatchloop",
+    help="Closes the learning loop of a reinforcement-learning dispatcher.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML config file (env DISPATCHLOOP_CONFIG)."),
+    ] = None,
+) -> None:
+    ctx.obj = load_settings(config)
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    settings = ctx.find_root().obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def fail_config(message: str) -> typer.Exit:
+    """Report a configuration problem in one sentence; the caller raises the result."""
+    typer.echo(f"dispatchloop: configuration error: {message}", err=True)
+    return typer.Exit(EXIT_BAD_CONFIG)
