@@ -154,6 +154,72 @@ class ModelPromotedEvent(_Wire):
     promoted_at: AwareDatetime
 
 
+class _Record(BaseModel):
+    # Records dispatchloop writes itself: an unknown key is a bug or a newer writer, refused.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Verdict = Literal["promote", "reject", "insufficient_evidence"]
+
+
+class GateResult(_Record):
+    """One gate of a decision record (DESIGN.md, "Decision record")."""
+
+    name: Identifier
+    """`paired_sim`, `guardrail.late_rate`, `ope.snips`, `canary.reward`, ..."""
+    passed: bool | None
+    """True, False, or None when the gate could not be decided (`detail` says why)."""
+    value: FiniteFloat | None = None
+    """The gate's statistic (e.g. candidate minus champion mean reward), None if undecided."""
+    ci: tuple[FiniteFloat, FiniteFloat] | None = None
+    """Confidence interval of `value` at `confidence`, when the statistic has one."""
+    confidence: FiniteFloat | None = Field(default=None, gt=0.0, lt=1.0)
+    """Confidence level of `ci` (e.g. 0.99)."""
+    threshold: FiniteFloat | None = None
+    """What `value` (or its bound) is compared with: a margin, a rate limit."""
+    detail: str = ""
+    """One sentence a person can read: the evidence, or why the gate is undecided."""
+
+
+class ScenarioRef(_Record):
+    """Which simulated world judged the candidate."""
+
+    fingerprint: str
+    """Hash of the scenario's parameters (same fingerprint, same world)."""
+    window: tuple[AwareDatetime, AwareDatetime] | None = None
+    """The store window the scenario was fitted from; None for the built-in default world."""
+
+
+class DecisionRecord(_Record):
+    """Every judgement of a candidate, whatever its verdict (DESIGN.md, "Decision record").
+
+    Written by the gate (and the canary), stored with the version by the
+    registry, linked from the promotion event."""
+
+    record_id: Identifier
+    """Unique id of this record (a UUID string)."""
+    candidate: Identifier
+    """The version (or model directory name) being judged."""
+    champion: str | None
+    """The version it was judged against; `greedy` for the heuristic, None if nothing serves."""
+    verdict: Verdict
+    """`promote` only if every gate passed; `reject` if any failed; else insufficient evidence."""
+    gates: tuple[GateResult, ...]
+    """Every gate, in the order evaluated."""
+    reasons: tuple[str, ...] = ()
+    """One sentence per failed or undecided gate (all gates passed: one sentence saying so)."""
+    scenario: ScenarioRef | None = None
+    """The simulated world of the paired test; None when no simulator was used (canary)."""
+    seeds: Literal["TEST", "VALIDATION", "none"] = "TEST"
+    """Which seed split the simulator episodes came from (TEST is never used for selection)."""
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict)
+    """Headline figures copied into the promotion event (e.g. `sim_reward_delta`)."""
+    kind: Literal["gate", "canary", "manual"] = "gate"
+    """What produced the record: the promotion gate, a canary judgement, or an operator."""
+    created_at: AwareDatetime
+    """When the judgement was made (UTC)."""
+
+
 class EventKeys(Protocol):
     """What the replay store indexes an event by (besides its raw bytes).
 
