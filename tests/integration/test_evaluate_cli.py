@@ -160,7 +160,7 @@ def test_gym_path_pairs_a_model_with_random(tmp_path: Path) -> None:
             "--env",
             "CartPole-v1",
             "--policies",
-            f"random,{model}",
+            str(model),  # one model alone: random is added as the baseline
             "--episodes",
             "5",
             "--json",
