@@ -124,6 +124,14 @@ def test_cli_register_promote_publishes_one_valid_event(
     assert shown["verification"]["ok"] and shown["decisions"][0]["kind"] == "manual"
     history = json.loads(cli(env, "history", "--json").stdout)
     assert history[0]["actor"] and history[0]["reason"] == "first model"
+    tampered = make_model(tmp_path / "t", seed=2)
+    assert cli(env, "register", str(tampered)).returncode == 0
+    weights = tmp_path / "registry" / "v2" / "model.safetensors"
+    weights.chmod(0o644)
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+    refused = cli(env, "promote", "v2", "--force", "--reason", "tampered")
+    assert refused.returncode == 2 and "changed or corrupted" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     [(key, event)] = events_on(kafka_bootstrap, models_topic)
     assert key == "champion" and str(event.event_id) == move["event_id"]
     assert event.model_version == "v1" and event.sha256 == info["sha256"]

@@ -99,9 +99,7 @@ class SqlRegistry(ModelRegistry):
                 if conn.dialect.name == "sqlite":
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
-        except sa.exc.IntegrityError:
-            raise
-        except sa.exc.OperationalError as exc:
+        except sa.exc.OperationalError as exc:  # locked, unreachable, disk full
             self.metrics.errors.labels("database").inc()
             raise RegistryUnavailableError(f"registry database: {_first_line(exc)}") from exc
 
