@@ -314,8 +314,10 @@ class ModelRegistry(abc.ABC):
         reason: str,
         scope: str = ALL_COMPANIES,
         decision_record_id: str | None = None,
+        expected_current: str | Unset | None = UNSET,
     ) -> AliasMove:
-        """Move the alias back to the version it served before the current one."""
+        """Move the alias back to the version it served before the current one
+        (`expected_current` fences a stale caller: conflict if the alias moved since)."""
 
     @abc.abstractmethod
     def history(
