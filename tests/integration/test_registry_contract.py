@@ -369,3 +369,22 @@ def test_a_stale_rollback_is_fenced_and_metrics_come_back_at_start(
         assert info == 1 and reopened.metrics.outbox_backlog._value.get() == 2
     finally:
         reopened.close()
+
+
+def test_what_was_serving_at_a_past_moment_and_why(
+    registry: SqlRegistry, models: list[Path]
+) -> None:
+    v1, v2, v3 = registered(registry, models)
+    before = registry.promote(v1, actor=ACTOR, reason="first").entry.at
+    registry.promote(v2, actor="daemon", reason="gates passed")
+    registry.promote(v3, actor=ACTOR, reason="pilot", scope="acme-medical")
+    between = registry.history("champion", scope=None)[-1].at  # the pilot's move
+    registry.rollback("champion", actor="ops", reason="late rate")
+    assert registry.serving_at("champion", before.replace(year=2000)) is None
+    assert registry.serving_at("champion", before).to_version == v1  # type: ignore[union-attr]
+    then = registry.serving_at("champion", between)
+    assert then is not None and (then.to_version, then.actor) == (v2, "daemon")
+    assert then.decision_record_id in {r.record_id for r in registry.decisions(v2)}
+    piloted = registry.serving_at("champion", between, company="acme-medical")
+    assert piloted is not None and (piloted.to_version, piloted.reason) == (v3, "pilot")
+    assert registry.serving_at("champion", between, company="other").to_version == v2  # type: ignore[union-attr]

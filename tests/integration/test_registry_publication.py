@@ -124,6 +124,10 @@ def test_cli_register_promote_publishes_one_valid_event(
     assert shown["verification"]["ok"] and shown["decisions"][0]["kind"] == "manual"
     history = json.loads(cli(env, "history", "--json").stdout)
     assert history[0]["actor"] and history[0]["reason"] == "first model"
+    serving = json.loads(cli(env, "history", "--at", history[0]["at"], "--json").stdout)
+    champion = serving["serving"]["champion"]
+    assert champion["to_version"] == "v1" and champion["decision"]["reasons"] == ["first model"]
+    assert serving["serving"]["challenger"] is None
     tampered = make_model(tmp_path / "t", seed=2)
     assert cli(env, "register", str(tampered)).returncode == 0
     weights = tmp_path / "registry" / "v2" / "model.safetensors"
