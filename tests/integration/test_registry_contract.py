@@ -388,3 +388,16 @@ def test_what_was_serving_at_a_past_moment_and_why(
     piloted = registry.serving_at("champion", between, company="acme-medical")
     assert piloted is not None and (piloted.to_version, piloted.reason) == (v3, "pilot")
     assert registry.serving_at("champion", between, company="other").to_version == v2  # type: ignore[union-attr]
+
+
+def test_stale_staging_left_by_a_killed_register_is_swept(
+    registry: SqlRegistry, models: list[Path]
+) -> None:
+    stale = registry.root / ".staging" / "dead"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7 * 3600, time.time() - 7 * 3600))
+    fresh = registry.root / ".staging" / "alive"
+    fresh.mkdir()
+    registry.register(models[0], actor=ACTOR)
+    assert not stale.exists() and fresh.exists()

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 import uuid
 from pathlib import Path
 
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
 ORPHANS_DIR = ".orphans"
+STALE_STAGING_S = 6 * 3600.0
+"""A staging directory untouched this long belongs to a process that died."""
 _READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
@@ -84,6 +87,20 @@ def stage_copy(root: Path, source: Path, card: ModelCard) -> Path:
             os.fsync(handle.fileno())
     check_files(staging, card.files, f"copy of {source}")
     return staging
+
+
+def sweep_staging(root: Path, older_than_s: float = STALE_STAGING_S) -> int:
+    """Remove staging directories a killed `register` left behind (old enough that no
+    live process can still be copying into them); return how many."""
+    base = root / STAGING_DIR
+    if not base.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    stale = [path for path in base.iterdir() if path.stat().st_mtime < cutoff]
+    for path in stale:
+        logger.info("removing stale staging directory %s", path)
+        discard(path)
+    return len(stale)
 
 
 def install(root: Path, staging: Path, version: str, card: ModelCard) -> Path:

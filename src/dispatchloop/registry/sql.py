@@ -120,6 +120,7 @@ class SqlRegistry(ModelRegistry):
         existing = self._by_content(card.content_sha256)
         if existing is not None:
             return existing
+        files.sweep_staging(self.root)
         staging = files.stage_copy(self.root, source, card)
         self._checkpoint("register.staged")
         try:
