@@ -38,9 +38,9 @@ from dispatchloop.decisions.featurizer import (
     N_CANDIDATE_FEATURES,
     N_CONTEXT_FEATURES,
 )
+from dispatchloop.decisions.scorer import MASKED_Q
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import (
-    MASKED_Q,
     CandidateQNetwork,
     FlatQNetwork,
     QNetwork,
