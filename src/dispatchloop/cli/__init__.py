@@ -18,6 +18,7 @@ from dispatchloop.cli import (  # noqa: F401 - importing a group registers its c
     demo,
     evaluate,
     ingest,
+    models,
     simulate,
     store,
     train,
