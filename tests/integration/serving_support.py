@@ -4,6 +4,7 @@ to a fresh `dispatch.models` topic, decision requests, and a bounded wait."""
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import time
 from collections.abc import Callable
@@ -98,3 +99,32 @@ def wait_for(condition: Callable[[], Any], timeout_s: float = 30.0, what: str = 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
+
+
+class Client:
+    """A keep-alive HTTP client of one sidecar (one per thread: http.client is not shared)."""
+
+    def __init__(self, host: str, port: int, timeout_s: float = 10.0) -> None:
+        self._connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        self._connection.request(method, path, body=body, headers=headers)
+        response = self._connection.getresponse()
+        return response.status, response.read()
+
+    def decide(self, request: DecideRequest | dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        body = (
+            request.model_dump_json().encode()
+            if isinstance(request, DecideRequest)
+            else json.dumps(request).encode()
+        )
+        status, raw = self.request("POST", "/v1/decide", body)
+        return status, json.loads(raw)
+
+    def get_json(self, path: str) -> tuple[int, dict[str, Any]]:
+        status, raw = self.request("GET", path)
+        return status, json.loads(raw)
+
+    def close(self) -> None:
+        self._connection.close()
