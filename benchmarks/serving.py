@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import timeit
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,7 +139,10 @@ def bare_limits(model_dir: Path, requests: list[DecideRequest]) -> dict[str, dic
     ):
         times = []
         for k in range(3_000):
-            times.append(timeit.timeit(lambda c=call, x=inputs[k % len(inputs)]: c(x), number=1))
+            item = inputs[k % len(inputs)]
+            began = time.perf_counter()
+            call(item)
+            times.append(time.perf_counter() - began)
         micros = np.array(times[200:]) * 1e6
         out[name] = {
             "p50_us": float(np.percentile(micros, 50)),
@@ -159,7 +161,8 @@ def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Pope
                 return process
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(process.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
+                message = process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                raise RuntimeError(message) from None
             time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"{command} did not start")
@@ -175,8 +178,10 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def wrk(
-    port: int, path: str, bodies: Path, script: Path, seconds: float, rate: float | None
+    port: int, path: str, files: tuple[Path, Path], *, seconds: float, rate: float | None
 ) -> dict[str, Any]:
+    """One wrk measurement; `files` are the request bodies and the Lua script."""
+    bodies, script = files
     connections = 5 if rate else 16
     env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path}
     if rate:
@@ -235,19 +240,25 @@ def main() -> None:
         try:
             for server, command in commands.items():
                 servers[server] = start(command, env, ports[server])
-            for name, (server, path) in targets.items():  # warm-up
-                wrk(ports[server], path, bodies, script, 2, None)
+            for server, path in targets.values():  # warm-up
+                wrk(ports[server], path, (bodies, script), seconds=2, rate=None)
             for _ in range(args.rounds):
                 for kind, rate in (("paced", args.rate), ("max", None)):
                     for name, (server, path) in targets.items():
                         runs[name][kind].append(
-                            wrk(ports[server], path, bodies, script, args.seconds, rate)
+                            wrk(
+                                ports[server],
+                                path,
+                                (bodies, script),
+                                seconds=args.seconds,
+                                rate=rate,
+                            )
                         )
         finally:
             for process in servers.values():
                 stop(process)
     load_after = os.getloadavg()
-    report(limits, runs, started, load_before, load_after, args)
+    report(limits, runs, started, (load_before[0], load_after[0]), args)
 
 
 def _median(values: list[dict[str, Any]], key: str) -> float:
@@ -258,14 +269,15 @@ def report(
     limits: dict[str, dict[str, float]],
     runs: dict[str, dict[str, list[dict[str, Any]]]],
     started: datetime,
-    load_before: tuple[float, float, float],
-    load_after: tuple[float, float, float],
+    load: tuple[float, float],
     args: argparse.Namespace,
 ) -> None:
+    """The Markdown table for BENCHMARKS.md; `load` is the 1-min load average before, after."""
+    load_before, load_after = load
     peer = _median(runs["FastAPI + ONNX Runtime, async def [peer]"]["max"], "rps")
     print(f"Run {started:%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, onnxruntime {ort.__version__}; load average "
-          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; {N_DRIVERS} candidates, "
+          f"{load_before:.2f} before, {load_after:.2f} after; {N_DRIVERS} candidates, "
           f"wrk {args.seconds:g} s per measurement, median of {args.rounds} rounds.\n")  # fmt: skip
     print(f"| target | decisions/s paced (goal {args.rate:g}) | p50 ms | p99 ms | errors | "
           "max decisions/s | ratio to peer |")  # fmt: skip
