@@ -15,7 +15,9 @@ How, and why:
   The challenger's `traffic_share` is the routing's canary share; the champion
   serves the rest (its own event's share is that complement, so it is not needed).
 - **Seeded from the registry** when one is reachable (`seed_from_registry`), so a
-  dispatcher serves the current aliases even before the broker answers.
+  dispatcher serves the current aliases even before the broker answers. An event
+  older than the alias move a slot was loaded from (the outbox may not have
+  published the newest move yet) never overrides it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from kafka import KafkaConsumer, TopicPartition
@@ -52,6 +55,8 @@ class Slot(NamedTuple):
     share: float
     sha256: str
     """Weights hash of the loaded version: a re-announced version is not reloaded."""
+    as_of: datetime
+    """When the alias move behind it committed: an older event never overrides it."""
 
 
 def make_models_consumer(kafka: KafkaSettings) -> Any:
@@ -103,13 +108,20 @@ class ModelFollower:
             if event_id in self._seen:
                 return False
             self._seen.add(event_id)
+            current = self._slots.get((event.scope, event.alias))
+            if current is not None and event.promoted_at < current.as_of:
+                logger.info(
+                    "ignoring %s of %s: older than what serves", event.key, event.promoted_at
+                )
+                return False
             try:
                 model = self._model_for(event)
             except ModelRefusedError as exc:
                 self.metrics.load_failures.labels(exc.reason).inc()
                 logger.warning("refused %s; keeping the model that serves: %s", event.key, exc)
                 return False
-            self._set(event.scope, event.alias, Slot(model, event.traffic_share, event.sha256))
+            slot = Slot(model, event.traffic_share, event.sha256, event.promoted_at)
+            self._set(event.scope, event.alias, slot)
             return True
 
     def _model_for(self, event: ModelPromotedEvent) -> ServedModel:
@@ -164,7 +176,8 @@ class ModelFollower:
                 continue
             with self._lock:
                 sha = registry.get(state.version).card.weights_sha256
-                self._set(state.scope, state.alias, Slot(model, state.traffic_share, sha))
+                slot = Slot(model, state.traffic_share, sha, state.updated_at)
+                self._set(state.scope, state.alias, slot)
             loaded += 1
         return loaded
 
