@@ -7,8 +7,8 @@ One run measures, on the same model and the same 40-candidate requests:
 - **peer**: `benchmarks/serving_peer.py` (FastAPI parses `DecideRequest`, same
   featurizer, ONNX Runtime), its `async def` route and its thread-pool route.
 Each HTTP target gets wrk (Debian's `wrk`) twice: paced near 500 decisions/s
-(`--rate`; 5 connections, each waiting its share of the interval after an
-answer) for p50/p99, and unpaced (16 connections) for the maximum throughput.
+(`--rate`; 20 connections, each pausing 20/rate minus 1 ms after an answer, so
+the rate barely depends on the latency) for p50/p99, and unpaced (16 connections) for the maximum throughput.
 Targets run one after another, interleaved over `--rounds`; the medians are kept.
 
     .venv/bin/python benchmarks/serving.py [--seconds 10] [--rounds 2]
@@ -182,7 +182,7 @@ def wrk(
 ) -> dict[str, Any]:
     """One wrk measurement; `files` are the request bodies and the Lua script."""
     bodies, script = files
-    connections = 5 if rate else 16
+    connections = 20 if rate else 16  # paced: each connection waits ~40 ms after an answer
     env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path}
     if rate:
         env["PAUSE_MS"] = str(max(1, round(1000 * connections / rate - 1)))
