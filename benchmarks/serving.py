@@ -8,7 +8,8 @@ One run measures, on the same model and the same 40-candidate requests:
   featurizer, ONNX Runtime), its `async def` route and its thread-pool route.
 Each HTTP target gets wrk (Debian's `wrk`) twice: paced near 500 decisions/s
 (`--rate`; 20 connections, each pausing 20/rate minus 1 ms after an answer, so
-the rate barely depends on the latency) for p50/p99, and unpaced (16 connections) for the maximum throughput.
+the rate barely depends on the latency) for p50/p99, and unpaced (16 connections)
+for the maximum throughput; the server's CPU time per decision is read from /proc.
 Targets run one after another, interleaved over `--rounds`; the medians are kept.
 
     .venv/bin/python benchmarks/serving.py [--seconds 10] [--rounds 2]
@@ -177,11 +178,26 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), every thread included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(
-    port: int, path: str, files: tuple[Path, Path], *, seconds: float, rate: float | None
+    server: subprocess.Popen[bytes],
+    port: int,
+    path: str,
+    files: tuple[Path, Path],
+    *,
+    seconds: float,
+    rate: float | None,
 ) -> dict[str, Any]:
-    """One wrk measurement; `files` are the request bodies and the Lua script."""
+    """One wrk measurement; `files` are the request bodies and the Lua script. The
+    server's CPU time per decision is also taken: on a shared machine it moves less
+    than wall-clock rates do."""
     bodies, script = files
+    cpu_before = cpu_seconds(server.pid)
     connections = 20 if rate else 16  # paced: each connection waits ~40 ms after an answer
     env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path}
     if rate:
@@ -193,6 +209,7 @@ def wrk(
     )  # fmt: skip
     figures: dict[str, Any] = json.loads(result.stderr.strip().splitlines()[-1])
     figures["rps"] = figures["requests"] / figures["seconds"]
+    figures["cpu_us"] = 1e6 * (cpu_seconds(server.pid) - cpu_before) / max(figures["requests"], 1)
     return figures
 
 
@@ -241,12 +258,13 @@ def main() -> None:
             for server, command in commands.items():
                 servers[server] = start(command, env, ports[server])
             for server, path in targets.values():  # warm-up
-                wrk(ports[server], path, (bodies, script), seconds=2, rate=None)
+                wrk(servers[server], ports[server], path, (bodies, script), seconds=2, rate=None)
             for _ in range(args.rounds):
                 for kind, rate in (("paced", args.rate), ("max", None)):
                     for name, (server, path) in targets.items():
                         runs[name][kind].append(
                             wrk(
+                                servers[server],
                                 ports[server],
                                 path,
                                 (bodies, script),
@@ -279,19 +297,22 @@ def report(
           f"Python {platform.python_version()}, onnxruntime {ort.__version__}; load average "
           f"{load_before:.2f} before, {load_after:.2f} after; {N_DRIVERS} candidates, "
           f"wrk {args.seconds:g} s per measurement, median of {args.rounds} rounds.\n")  # fmt: skip
+    peer_cpu = _median(runs["FastAPI + ONNX Runtime, async def [peer]"]["max"], "cpu_us")
     print(f"| target | decisions/s paced (goal {args.rate:g}) | p50 ms | p99 ms | errors | "
-          "max decisions/s | ratio to peer |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "max decisions/s | ratio to peer | server CPU µs/decision | peer CPU ÷ this |"
+          )  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, figures in limits.items():
         print(f"| {name} (in process) | – | {figures['p50_us'] / 1e3:.3f} | "
-              f"{figures['p99_us'] / 1e3:.3f} | – | {figures['max_rps']:,.0f} | – |")  # fmt: skip
+              f"{figures['p99_us'] / 1e3:.3f} | – | {figures['max_rps']:,.0f} | – | "
+              f"{1e6 / figures['max_rps']:.0f} | – |")  # fmt: skip
     for name, kinds in runs.items():
         paced, maximum = kinds["paced"], kinds["max"]
         errors = sum(r["errors"] + r["non_2xx"] for r in paced + maximum)
-        rps = _median(maximum, "rps")
+        rps, cpu = _median(maximum, "rps"), _median(maximum, "cpu_us")
         print(f"| {name} | {_median(paced, 'rps'):,.0f} | {_median(paced, 'p50_us') / 1e3:.3f} | "
               f"{_median(paced, 'p99_us') / 1e3:.3f} | {errors} | {rps:,.0f} | "
-              f"{rps / peer:.2f} |")  # fmt: skip
+              f"{rps / peer:.2f} | {cpu:.0f} | {peer_cpu / cpu:.2f} |")  # fmt: skip
     print("\nraw:", json.dumps({"limits": limits, "runs": runs}))
 
 
