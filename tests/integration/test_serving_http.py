@@ -26,10 +26,11 @@ from test_ingest_process import check_with_promtool
 
 from dispatchloop.rl.card import read_card
 from dispatchloop.serving.dispatcher import Dispatcher, Routing, ServedModel, decide
-from dispatchloop.serving.follower import ModelFollower
+from dispatchloop.serving.follower import ModelFollower, make_models_consumer
 from dispatchloop.serving.http import SidecarServer, bind, create_app
 from dispatchloop.serving.loader import build_served_model
 from dispatchloop.serving.metrics import ServingMetrics
+from dispatchloop.settings import KafkaSettings
 from dispatchloop.testing.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -163,20 +164,30 @@ def test_models_health_and_metrics(sidecar: tuple[Client, ServedModel, ServingMe
 def test_not_ready_until_the_follower_has_caught_up(tmp_path: Path) -> None:
     dispatcher = Dispatcher()
     metrics = ServingMetrics()
+    unreachable = KafkaSettings(bootstrap_servers=[f"127.0.0.1:{free_port()}"])
     follower = ModelFollower(
-        dispatcher, topic="t", consumer_factory=lambda: None, metrics=metrics
-    )  # never started: it has not read the topic
+        dispatcher,
+        topic="t",
+        consumer_factory=lambda: make_models_consumer(unreachable),
+        metrics=metrics,
+        retry_s=0.2,
+    )
     server = SidecarServer(create_app(dispatcher, metrics, follower), bind("127.0.0.1", 0)).start()
     client = Client(*server.address)
     try:
         status, body = client.get_json("/readyz")
         assert status == 503
-        assert "dispatch.models" in body["reason"]
+        assert "not following" in body["reason"]
+        follower.start()  # no broker there: retries, counted, never ready
+        wait_for(lambda: metrics.follower_errors.labels("broker")._value.get() >= 1, 30)
+        status, body = client.get_json("/readyz")
+        assert (status, body["reason"]) == (503, "still reading dispatch.models to its end")
         status, answer = client.decide(decide_requests(2)[-1])  # the greedy fallback answers
         assert (status, answer["policy"], answer["model_version"]) == (200, "greedy", None)
         follower.caught_up.set()
         assert client.get_json("/readyz")[0] == 200
     finally:
+        follower.stop()
         client.close()
         server.stop()
 

@@ -194,6 +194,11 @@ class ModelFollower:
         self._thread.start()
         return self
 
+    @property
+    def alive(self) -> bool:
+        """The following thread runs (False before `start()` and after it ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the thread to stop and wait for it (bounded)."""
         self._stop.set()

@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024
 """A 64-candidate request is ~10 KB; anything far larger is refused before parsing."""
 MAX_REPORTED_ERRORS = 10
+KEEP_ALIVE_S = 75
+"""Idle keep-alive connections are kept this long (uvicorn's 5 s default would make a
+quiet dispatch system reconnect, or hit a connection closed under it)."""
 
 
 def create_app(
@@ -72,11 +75,15 @@ def create_app(
         return JSONResponse({"alive": True})
 
     async def readyz(request: Request) -> Response:
-        if follower is None or follower.caught_up.is_set():
+        if follower is None:
             return JSONResponse({"ready": True})
-        return JSONResponse(
-            {"ready": False, "reason": "still reading dispatch.models to its end"}, status_code=503
-        )
+        if not follower.alive:
+            reason = "not following dispatch.models (the follower thread is not running)"
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+        if not follower.caught_up.is_set():
+            reason = "still reading dispatch.models to its end"
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+        return JSONResponse({"ready": True})
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.collector_registry), media_type=CONTENT_TYPE_LATEST)
@@ -162,7 +169,12 @@ class SidecarServer:
     def __init__(self, app: Starlette, sock: socket.socket) -> None:
         self.socket = sock
         config = uvicorn.Config(
-            app, lifespan="off", access_log=False, log_config=None, timeout_graceful_shutdown=5
+            app,
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
