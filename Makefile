@@ -45,3 +45,4 @@ clean:
 
 schema: $(STAMP)
 	$(PY) -c "import json; from dispatchloop.events import outcome_json_schema; print(json.dumps(outcome_json_schema(), indent=2))" > docs/schema/dispatch-outcome-v1.json
+	$(PY) -c "import json; from dispatchloop.events import promotion_json_schema; print(json.dumps(promotion_json_schema(), indent=2))" > docs/schema/model-promoted-v1.json

@@ -26,11 +26,7 @@ def make_model(directory: Path, seed: int, *, onnx: bool = False) -> Path:
     draft = CardDraft(
         trainer="dqn",
         training={"mode": "sim", "seed": seed},
-        data_window=DataWindow(
-            start=datetime(2026, 11, 30, tzinfo=UTC),
-            end=datetime(2026, 12, 1, tzinfo=UTC),
-            events=1200 + seed,
-        ),
+        data_window=DataWindow(start=START, end=END, events=1200 + seed),
         parent_version=None,
         tuning_study="nightly-test",
         metrics={"final_loss": 0.5},

@@ -240,60 +240,69 @@ def test_compare_and_swap_refuses_a_stale_expected_previous(
 _RACER = textwrap.dedent(
     """
     import sys, time
+    from pathlib import Path
     from dispatchloop.registry import AliasConflictError, open_registry
-    url, root, index, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    url, root, index, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     registry = open_registry(url, root)
-    for round_ in range(4):
-        at = start + round_ * 0.6
-        time.sleep(max(0.0, at - 0.3 - time.time()))
-        current = registry.alias("champion").version
-        target = sorted({"v1", "v2", "v3"} - {current})[index]
-        time.sleep(max(0.0, at - time.time()))
+    print("ready", flush=True)
+    while not go.exists():
+        time.sleep(0.001)
+    start = float(go.read_text())
+    for round_ in range(ROUNDS):
+        time.sleep(max(0.0, start + round_ * 0.2 - time.time()))
         try:
-            registry.set_alias("champion", target, actor=f"p{index}", reason="race",
-                               expected_previous=current)
+            registry.set_alias("champion", ["v2", "v3"][index], actor=f"p{index}",
+                               reason="race", scope=f"race{round_}", expected_previous="v1")
             print(round_, "won", flush=True)
         except AliasConflictError:
             print(round_, "conflict", flush=True)
     registry.close()
     """
 )
+ROUNDS = 4
 
 
 def test_concurrent_set_alias_from_two_processes_exactly_one_wins(
-    registry: SqlRegistry, models: list[Path], store_url: str
+    registry: SqlRegistry, models: list[Path], store_url: str, tmp_path: Path
 ) -> None:
+    """Round r: both processes move scope race<r> from v1, at the same instant; one wins."""
     v1, _, _ = registered(registry, models)
-    registry.set_alias("champion", v1, actor=ACTOR, reason="start")
-    start = time.time() + 4.0  # both processes imported and connected by then
+    for round_ in range(ROUNDS):
+        registry.set_alias("champion", v1, actor=ACTOR, reason="start", scope=f"race{round_}")
+    go = tmp_path / "go"
+    script = _RACER.replace("ROUNDS", str(ROUNDS))
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", _RACER, store_url, str(registry.root), str(i), str(start)],
+            [sys.executable, "-c", script, store_url, str(registry.root), str(i), str(go)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for i in range(2)
     ]
-    outputs = []
-    for racer in racers:
-        try:
-            out, err = racer.communicate(timeout=60)
-        finally:
+    try:
+        for racer in racers:
+            assert racer.stdout is not None and racer.stdout.readline().strip() == "ready"
+        staged = tmp_path / "go.tmp"
+        staged.write_text(str(time.time() + 0.3))
+        staged.rename(go)  # atomic: a racer never reads a half-written start time
+        outputs = [racer.communicate(timeout=60) for racer in racers]
+    finally:
+        for racer in racers:
             if racer.poll() is None:
                 racer.kill()
-        assert racer.returncode == 0, err
-        outputs.append(out.split("\n"))
+                racer.wait(timeout=10)
     results: dict[str, list[str]] = {}
-    for lines in outputs:
-        for line in filter(None, lines):
+    for racer, (out, err) in zip(racers, outputs, strict=True):
+        assert racer.returncode == 0, err
+        for line in filter(None, out.split("\n")):
             round_, outcome = line.split()
             results.setdefault(round_, []).append(outcome)
-    assert len(results) == 4
+    assert len(results) == ROUNDS
     for round_, outcomes in results.items():
         assert sorted(outcomes) == ["conflict", "won"], (round_, outcomes)
-    assert len(registry.history("champion")) == 1 + 4
-    assert len(registry.outbox()) == 1 + 4
+        assert len(registry.history("champion", scope=f"race{round_}")) == 2
+    assert len(registry.outbox()) == 2 * ROUNDS
 
 
 def test_history_is_append_only(registry: SqlRegistry, models: list[Path]) -> None:
@@ -343,3 +352,39 @@ def test_mark_published_and_failures_leave_rows_pending(
     registry.mark_published([rows[0].id], rows[0].published_at or registry.history()[0].at)
     assert [r.id for r in registry.pending_outbox()] == [rows[1].id]
     assert registry.outbox_backlog() == 1
+
+
+def test_a_stale_rollback_is_fenced_and_metrics_come_back_at_start(
+    registry: SqlRegistry, models: list[Path], store_url: str
+) -> None:
+    v1, v2, _ = registered(registry, models)
+    registry.promote(v1, actor=ACTOR, reason="a")
+    registry.promote(v2, actor=ACTOR, reason="b")
+    with pytest.raises(AliasConflictError):
+        registry.rollback("champion", actor="stale", reason="r", expected_current=v1)
+    assert registry.get("champion").version == v2
+    reopened = open_registry(store_url, registry.root)
+    try:
+        info = reopened.metrics.champion_info.labels("*", v2)._value.get()
+        assert info == 1 and reopened.metrics.outbox_backlog._value.get() == 2
+    finally:
+        reopened.close()
+
+
+def test_what_was_serving_at_a_past_moment_and_why(
+    registry: SqlRegistry, models: list[Path]
+) -> None:
+    v1, v2, v3 = registered(registry, models)
+    before = registry.promote(v1, actor=ACTOR, reason="first").entry.at
+    registry.promote(v2, actor="daemon", reason="gates passed")
+    registry.promote(v3, actor=ACTOR, reason="pilot", scope="acme-medical")
+    between = registry.history("champion", scope=None)[-1].at  # the pilot's move
+    registry.rollback("champion", actor="ops", reason="late rate")
+    assert registry.serving_at("champion", before.replace(year=2000)) is None
+    assert registry.serving_at("champion", before).to_version == v1  # type: ignore[union-attr]
+    then = registry.serving_at("champion", between)
+    assert then is not None and (then.to_version, then.actor) == (v2, "daemon")
+    assert then.decision_record_id in {r.record_id for r in registry.decisions(v2)}
+    piloted = registry.serving_at("champion", between, company="acme-medical")
+    assert piloted is not None and (piloted.to_version, piloted.reason) == (v3, "pilot")
+    assert registry.serving_at("champion", between, company="other").to_version == v2  # type: ignore[union-attr]

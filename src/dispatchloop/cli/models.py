@@ -286,14 +286,32 @@ def rollback(  # noqa: PLR0917 - Typer maps one parameter per option
 
 
 @models_app.command("history")
-def history(
+def history(  # noqa: PLR0917 - Typer maps one parameter per option
     ctx: typer.Context,
     alias: Annotated[str | None, typer.Option("--alias", help="One alias [default: both].")] = None,
     scope: ScopeOption = ALL_COMPANIES,
+    at: Annotated[
+        datetime | None,
+        typer.Option(
+            "--at",
+            formats=[
+                "%Y-%m-%dT%H:%M:%S.%f%z",
+                "%Y-%m-%dT%H:%M:%S%z",
+                "%Y-%m-%dT%H:%M%z",
+                "%Y-%m-%dT%H:%M:%S",
+            ],
+            help="What was serving at this time (UTC unless it has an offset).",
+        ),
+    ] = None,
     registry_root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Every alias move of a scope, oldest first: who, when, from, to, why, which record."""
+    """Every alias move of a scope, oldest first: who, when, from, to, why, which record.
+
+    With --at TIME: only the move in force then, per alias, with its decision record."""
+    if at is not None:
+        _serving_at(ctx, at, alias=alias, scope=scope, registry_root=registry_root, as_json=as_json)
+        return
     with _registry(settings_of(ctx), registry_root) as registry:
         entries = registry.history(None if alias is None else _alias(alias), scope=scope)
     if as_json:
@@ -305,6 +323,43 @@ def history(
             f"{e.at.isoformat()} {e.scope}/{e.alias} {e.from_version or '-'} -> {e.to_version} "
             f"{e.event_type}{forced} share {e.traffic_share:g} by {e.actor}: {e.reason} "
             f"(decision {e.decision_record_id or '-'}, event {e.event_id})"
+        )
+
+
+def _serving_at(
+    ctx: typer.Context,
+    at: datetime,
+    *,
+    alias: str | None,
+    scope: str,
+    registry_root: Path | None,
+    as_json: bool,
+) -> None:
+    moment = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    names: list[AliasName] = ["champion", "challenger"] if alias is None else [_alias(alias)]
+    company = None if scope == ALL_COMPANIES else scope
+    found: dict[str, Any] = {}
+    with _registry(settings_of(ctx), registry_root) as registry:
+        for name in names:
+            entry = registry.serving_at(name, moment, company=company)
+            records = [] if entry is None else registry.decisions(entry.to_version)
+            record = next((r for r in records if r.record_id == entry.decision_record_id), None)
+            found[name] = None if entry is None else {
+                **entry.model_dump(mode="json"),
+                "decision": None if record is None else record.model_dump(mode="json"),
+            }  # fmt: skip
+    if as_json:
+        _echo_json({"at": moment.isoformat(), "scope": scope, "serving": found})
+        return
+    for label, item in found.items():
+        if item is None:
+            typer.echo(f"{label}: nothing was set at {moment.isoformat()}")
+            continue
+        why = item["decision"]["reasons"] if item["decision"] else []
+        typer.echo(
+            f"{label}: {item['to_version']} (scope {item['scope']}) since {item['at']}, "
+            f"{item['event_type']} by {item['actor']}: {item['reason']}; "
+            f"decision {item['decision_record_id'] or '-'}: {' '.join(why) or '-'}"
         )
 
 

@@ -314,14 +314,28 @@ class ModelRegistry(abc.ABC):
         reason: str,
         scope: str = ALL_COMPANIES,
         decision_record_id: str | None = None,
+        expected_current: str | Unset | None = UNSET,
     ) -> AliasMove:
-        """Move the alias back to the version it served before the current one."""
+        """Move the alias back to the version it served before the current one
+        (`expected_current` fences a stale caller: conflict if the alias moved since)."""
 
     @abc.abstractmethod
     def history(
         self, alias: AliasName | None = None, *, scope: str | None = ALL_COMPANIES
     ) -> list[HistoryEntry]:
         """Alias moves, oldest first (one alias or all; one scope or, with None, all)."""
+
+    def serving_at(
+        self, alias: AliasName, at: datetime, *, company: str | None = None
+    ) -> HistoryEntry | None:
+        """The move that set what `alias` served `company` at `at` (its scope, else `*`):
+        "which model was serving last Tuesday at 08:00, and why?" None if nothing was set."""
+        scopes = [company] if company not in (None, ALL_COMPANIES) else []
+        for scope in [*scopes, ALL_COMPANIES]:
+            earlier = [entry for entry in self.history(alias, scope=scope) if entry.at <= at]
+            if earlier:
+                return earlier[-1]
+        return None
 
     @abc.abstractmethod
     def pending_outbox(self, limit: int = 100) -> list[OutboxRow]:

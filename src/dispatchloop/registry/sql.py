@@ -99,9 +99,7 @@ class SqlRegistry(ModelRegistry):
                 if conn.dialect.name == "sqlite":
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
-        except sa.exc.IntegrityError:
-            raise
-        except sa.exc.OperationalError as exc:
+        except sa.exc.OperationalError as exc:  # locked, unreachable, disk full
             self.metrics.errors.labels("database").inc()
             raise RegistryUnavailableError(f"registry database: {_first_line(exc)}") from exc
 
@@ -376,8 +374,15 @@ class SqlRegistry(ModelRegistry):
         reason: str,
         scope: str = ALL_COMPANIES,
         decision_record_id: str | None = None,
+        expected_current: str | Unset | None = UNSET,
     ) -> AliasMove:
         current = self.alias(alias, scope=scope)
+        now_serving = None if current is None else current.version
+        if not isinstance(expected_current, Unset) and expected_current != now_serving:
+            self.metrics.errors.labels("conflict").inc()
+            raise AliasConflictError(
+                f"{alias} of scope {scope} points to {now_serving}, not {expected_current}"
+            )
         target = _rollback_target(self.history(alias, scope=scope), current)
         if current is None or target is None:
             raise NothingToRollBackError(
@@ -645,6 +650,15 @@ class SqlRegistry(ModelRegistry):
                 .values(attempts=t.outbox.c.attempts + 1, last_error=error[:500])
             )
 
+    def refresh_metrics(self) -> None:
+        """Set the champion info and backlog gauges from the database (at start-up)."""
+        for state in self.aliases():
+            self.metrics.moved(state.scope, state.alias, state.version, None)
+            self.metrics.last_promotion.labels(state.scope, state.alias).set(
+                state.updated_at.timestamp()
+            )
+        self.outbox_backlog()
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -777,4 +791,10 @@ def open_registry(
 
     Raises `replay.StoreUnavailableError` (one sentence) when the database cannot be opened."""
     engine, _description = open_engine(store_url)
-    return SqlRegistry(engine, root, clock=clock, checkpoint=checkpoint, metrics=metrics)
+    registry = SqlRegistry(engine, root, clock=clock, checkpoint=checkpoint, metrics=metrics)
+    try:
+        registry.refresh_metrics()
+    except RegistryUnavailableError:
+        registry.close()
+        raise
+    return registry
