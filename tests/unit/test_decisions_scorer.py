@@ -13,7 +13,8 @@ import torch
 from safetensors.numpy import load_file
 
 from dispatchloop.decisions.scorer import CandidateScorer, ScorerSpecError
-from dispatchloop.rl.artifacts import METADATA_FILE, WEIGHTS_FILE, save_model
+from dispatchloop.rl.artifacts import WEIGHTS_FILE, save_model
+from dispatchloop.rl.card import CARD_FILE
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import CandidateQNetwork
 
@@ -25,7 +26,7 @@ def test_scorer_from_saved_files_matches_the_torch_network(
     torch.manual_seed(3)
     network = CandidateQNetwork(32, 2, activation=activation, dueling=dueling)
     save_model(tmp_path / "m", network, DQNConfig(), {}, export_onnx=False)
-    spec = json.loads((tmp_path / "m" / METADATA_FILE).read_text())["network"]
+    spec = json.loads((tmp_path / "m" / CARD_FILE).read_text())["network"]
     scorer = CandidateScorer.from_state(load_file(str(tmp_path / "m" / WEIGHTS_FILE)), spec)
 
     rng = np.random.default_rng(0)
