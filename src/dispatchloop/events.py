@@ -235,6 +235,27 @@ def promotion_json_schema() -> dict[str, Any]:
     return schema
 
 
+class DecideRequest(_Wire):
+    """`POST /v1/decide` (DESIGN.md, "Serving contract"): a decision to take now.
+
+    The same objects as in the outcome event, so what was decided is what gets logged."""
+
+    decided_at: AwareDatetime
+    booking: Booking
+    candidates: list[Candidate] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    company_id: Identifier | None = None
+    """Whose aliases to resolve (its own scope, else `*`); None means scope `*`."""
+
+    @field_validator("candidates")
+    @classmethod
+    def _drivers_unique_and_one_eligible(cls, candidates: list[Candidate]) -> list[Candidate]:
+        if len({c.driver_id for c in candidates}) != len(candidates):
+            raise PydanticCustomError("duplicate_candidate", "a driver is listed twice")
+        if not any(c.eligible for c in candidates):
+            raise PydanticCustomError("no_eligible_candidate", "no candidate is eligible")
+        return candidates
+
+
 class _Record(BaseModel):
     # Records dispatchloop writes itself: an unknown key is a bug or a newer writer, refused.
     model_config = ConfigDict(extra="forbid", frozen=True)

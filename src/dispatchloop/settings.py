@@ -206,6 +206,17 @@ class RegistrySettings(_Section):
     backoff_max_s: float = Field(5.0, gt=0)
 
 
+class ServingSettings(_Section):
+    """`dispatchloop serve` and `simulate --follow`: the decision sidecar and its dispatcher."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Loopback: the sidecar's caller.")
+    port: int = Field(8470, ge=0, le=65535, description="0 picks a free port (tests).")
+    epsilon: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Chance of a uniformly random eligible driver."
+    )
+    follow: bool = Field(True, description="Follow dispatch.models (else: registry at start only).")
+
+
 class Settings(BaseSettings):
     """Everything dispatchloop can be told. Build it with `load_settings`."""
 
@@ -231,6 +242,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @field_validator("store_url")
     @classmethod

@@ -23,12 +23,13 @@ rebuilds it for serving.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from dispatchloop.events import DispatchOutcomeEvent
+from dispatchloop.events import Booking, Candidate, DispatchOutcomeEvent
 
 FEATURIZER_VERSION = 2
 DEMAND_POINTS = 64
@@ -210,13 +211,19 @@ def featurize(situation: Situation, demand: DemandMap) -> Features:
 
 def situation_from_event(event: DispatchOutcomeEvent) -> Situation:
     """The situation a logged decision was taken in, at its decided_at."""
-    decided = event.decided_at
-    booking = event.booking
+    return situation_from_decision(event.decided_at, event.booking, event.candidates)
+
+
+def situation_from_decision(
+    decided: datetime, booking: Booking, cands: Sequence[Candidate]
+) -> Situation:
+    """The situation of a decision to take now (serving) or taken then (a logged event).
+
+    One function for both, so a served decision and its logged event featurize alike."""
     hour = decided.hour + decided.minute / 60.0 + decided.second / 3600.0
     utc_offset = decided.utcoffset()
     assert utc_offset is not None  # AwareDatetime
     hour = (hour - utc_offset.total_seconds() / 3600.0) % 24.0
-    cands = event.candidates
     return Situation(
         hour_of_day=hour,
         priority=booking.priority,

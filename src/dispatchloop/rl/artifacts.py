@@ -39,6 +39,7 @@ from dispatchloop.decisions.featurizer import (
     N_CANDIDATE_FEATURES,
     N_CONTEXT_FEATURES,
 )
+from dispatchloop.decisions.scorer import MASKED_Q
 from dispatchloop.rl.card import (
     CARD_FILE,
     ONNX_FILE,
@@ -54,7 +55,6 @@ from dispatchloop.rl.card import (
 )
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import (
-    MASKED_Q,
     CandidateQNetwork,
     FlatQNetwork,
     QNetwork,

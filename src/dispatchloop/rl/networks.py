@@ -20,10 +20,8 @@ import torch
 from torch import nn
 
 from dispatchloop.decisions.featurizer import N_CANDIDATE_FEATURES, N_CONTEXT_FEATURES
+from dispatchloop.decisions.scorer import MASKED_Q
 from dispatchloop.rl.hyperparams import DQNConfig
-
-MASKED_Q = -1.0e9
-"""Q-value of an action that may not be taken; finite so that no arithmetic turns into NaN."""
 
 Observation = Mapping[str, torch.Tensor]
 

@@ -38,8 +38,9 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from dispatchloop.decisions.scorer import MASKED_Q
 from dispatchloop.rl.buffer import Transitions
-from dispatchloop.rl.networks import MASKED_Q, CandidateQNetwork, FlatQNetwork, QNetwork
+from dispatchloop.rl.networks import CandidateQNetwork, FlatQNetwork, QNetwork
 
 F32 = NDArray[np.float32]
 Bool = NDArray[np.bool_]

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from dispatchloop.rl.networks import MASKED_Q, CandidateQNetwork, QNetwork
+from dispatchloop.decisions.scorer import CandidateScorer
+from dispatchloop.rl.networks import CandidateQNetwork, QNetwork
 from dispatchloop.sim.policies import LoggingPolicy
 
 ObsDict = Mapping[str, NDArray[np.generic]]
@@ -26,80 +27,10 @@ class NoEligibleActionError(ValueError):
     """Every action is masked: there is nothing a policy may choose."""
 
 
-class NumpyCandidateScorer:
-    """Inference-only NumPy twin of a `CandidateQNetwork` (same arithmetic, float32)."""
-
-    def __init__(self, network: CandidateQNetwork) -> None:
-        def linear(layer: torch.nn.Module) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-            assert isinstance(layer, torch.nn.Linear)
-            return (
-                layer.weight.detach().numpy().T.astype(np.float32).copy(),
-                layer.bias.detach().numpy().astype(np.float32).copy(),
-            )
-
-        encoder = [linear(m) for m in network.encoder if isinstance(m, torch.nn.Linear)]
-        # First layer split into candidate and context parts: the context term is computed
-        # once per decision instead of being concatenated onto every candidate row.
-        first_weight, self._first_bias = encoder[0]
-        self._first_candidate = first_weight[: network.n_candidate_features].copy()
-        self._first_context = first_weight[network.n_candidate_features :].copy()
-        self._encoder = encoder[1:]
-        # The advantage head as a vector, so a 2-D matmul gives the scores directly.
-        self._advantage = linear(network.advantage)
-        self._value = (
-            [linear(m) for m in network.value if isinstance(m, torch.nn.Linear)]
-            if network.value is not None
-            else None
-        )
-        self._tanh = network.activation == "tanh"
-
-    def _act(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        return np.tanh(x) if self._tanh else np.maximum(x, 0.0)
-
-    def _embed(
-        self, candidates: NDArray[np.float32], context: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Embeddings h (B·n, H) and advantages a (B, n) of every candidate, eligible or not."""
-        batch, n, features = candidates.shape
-        rows = candidates.reshape(batch * n, features)  # 2-D matmuls are the fast ones
-        per_decision = context @ self._first_context + self._first_bias  # (B, H)
-        h = (rows @ self._first_candidate).reshape(batch, n, -1) + per_decision[:, None, :]
-        h = self._act(h).reshape(batch * n, -1)
-        for weight, bias in self._encoder:
-            h = self._act(h @ weight + bias)
-        return h, (h @ self._advantage[0] + self._advantage[1]).reshape(batch, n)
-
-    def ranking_scores(
-        self, candidates: NDArray[np.float32], context: NDArray[np.float32]
-    ) -> NDArray[np.float32]:
-        """Scores (B, n) whose masked argmax is the masked argmax of Q.
-
-        With a dueling head Q_i = V + a_i - mean_eligible(a): V and the mean are the
-        same for every candidate of a decision, so the ranking is the advantages'
-        alone and a greedy decision skips the value head (a third of the work).
-        """
-        return self._embed(candidates, context)[1]
-
-    def q_values(
-        self,
-        candidates: NDArray[np.float32],
-        context: NDArray[np.float32],
-        mask: NDArray[np.bool_],
-    ) -> NDArray[np.float32]:
-        """candidates (B, n, F_c), context (B, F_ctx), mask (B, n) → masked Q (B, n)."""
-        batch, n, _ = candidates.shape
-        h, advantage = self._embed(candidates, context)
-        if self._value is None:
-            q = advantage
-        else:
-            w = mask.astype(np.float32)
-            count = np.maximum(w.sum(axis=1, keepdims=True), 1.0)
-            pooled = np.einsum("bn,bnh->bh", w, h.reshape(batch, n, -1)) / count
-            v = np.concatenate([pooled, context], axis=-1)
-            v = self._act(v @ self._value[0][0] + self._value[0][1])
-            value = v @ self._value[1][0] + self._value[1][1]
-            q = value + advantage - (advantage * w).sum(axis=1, keepdims=True) / count
-        return np.where(mask, q, np.float32(MASKED_Q)).astype(np.float32)
+def numpy_scorer(network: CandidateQNetwork) -> CandidateScorer:
+    """The NumPy twin of a PyTorch candidate network (the scorer serving runs)."""
+    state = {name: t.detach().numpy() for name, t in network.state_dict().items()}
+    return CandidateScorer.from_state(state, network.spec())
 
 
 def masked_argmax(q: NDArray[np.floating], mask: NDArray[np.bool_]) -> NDArray[np.int64]:
@@ -115,9 +46,7 @@ class DQNPolicy:
     def __init__(self, q_network: QNetwork, name: str = "dqn") -> None:
         self.name = name
         self._network = q_network
-        self._numpy = (
-            NumpyCandidateScorer(q_network) if isinstance(q_network, CandidateQNetwork) else None
-        )
+        self._numpy = numpy_scorer(q_network) if isinstance(q_network, CandidateQNetwork) else None
 
     def begin_episode(self, plan: object) -> None:
         """The episode plan is hindsight information; a deployable policy ignores it."""

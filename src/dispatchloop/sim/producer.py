@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dispatchloop.decisions.featurizer import Situation
-from dispatchloop.events import DispatchOutcomeEvent
+from dispatchloop.events import DecideRequest, DispatchOutcomeEvent
 from dispatchloop.progress import progress
 from dispatchloop.settings import KafkaSettings, RewardSettings, Settings
 from dispatchloop.sim.dynamics import EpisodePlan
@@ -46,6 +46,20 @@ class SimulateInputError(ValueError):
 class ProduceError(RuntimeError):
     """Kafka did not acknowledge every event."""
 
+
+class ServedChoice(NamedTuple):
+    """A decision made outside the simulator (by `serving`), as the event logs it."""
+
+    candidate_index: int
+    """Position of the chosen driver among the request's candidates."""
+    propensity: float
+    policy: str
+    model_version: str | None
+
+
+ServedDecider = Callable[[DecideRequest], ServedChoice]
+"""Decides a request as a real dispatch system would (`simulate --follow` passes the
+serving dispatcher, injected by the CLI: the simulator does not import `serving`)."""
 
 ModelPolicyLoader = Callable[[Path], LoggingPolicy]
 """Loads a model directory as a logging policy (raises ValueError with one sentence).
@@ -91,32 +105,44 @@ def simulated_events(
     epsilon: float = 0.0,
     start: datetime = DEFAULT_START,
     company_id: str = "sim",
+    served: ServedDecider | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """n_events validated schema-v1 events (JSON-able dicts), episode after episode."""
+    """n_events validated schema-v1 events (JSON-able dicts), episode after episode.
+
+    With `served`, every decision is taken by it (the logging policy and epsilon are
+    then its business) and the event logs its policy, model_version and propensity."""
     if not 0.0 <= epsilon <= 1.0:
         raise SimulateInputError(f"epsilon must be within [0, 1], got {epsilon}")
     day0 = datetime(start.year, start.month, start.day, tzinfo=UTC)
     label = logging_policy.label if epsilon == 0 else f"{logging_policy.label}-eps{epsilon:g}"
+    if served is not None:
+        label = "served"
     env = DispatchEnv(scenario, reward)
     explore_rng = np.random.default_rng([seed, 1])
     obs, _ = env.reset(seed=seed)
     episode, plan = 0, env.plan
     logging_policy.policy.begin_episode(plan)
     for _ in range(n_events):
-        step, situation = env.step_index, env.situation()
-        action, propensity = _choose(logging_policy.policy, obs, epsilon, explore_rng)
-        next_obs, _, terminated, _, info = env.step(action)
         decision = Decision(
             episode_id=f"{company_id}/{label}/s{seed}/e{episode:05d}",
             day=day0 + timedelta(days=episode),
             plan=plan,
-            step=step,
-            situation=situation,
-            action=action,
-            propensity=propensity,
-            info=info,
+            step=env.step_index,
+            situation=env.situation(),
+            action=-1,
+            propensity=0.0,
+            info={},
         )
-        event = decision.event(company_id, label, logging_policy.model_version)
+        if served is None:
+            action, propensity = _choose(logging_policy.policy, obs, epsilon, explore_rng)
+            policy, version = label, logging_policy.model_version
+        else:
+            choice = served(DecideRequest.model_validate(decision.request(company_id)))
+            action, propensity = choice.candidate_index, choice.propensity
+            policy, version = choice.policy, choice.model_version
+        next_obs, _, terminated, _, info = env.step(action)
+        decision = decision._replace(action=action, propensity=propensity, info=info)
+        event = decision.event(company_id, policy, version)
         DispatchOutcomeEvent.model_validate(event)  # a failure here is a simulator bug
         yield event
         obs = next_obs
@@ -158,16 +184,12 @@ class Decision(NamedTuple):
     propensity: float
     info: dict[str, Any]
 
-    def event(self, company_id: str, policy: str, model_version: str | None) -> dict[str, Any]:
-        plan, k, s, info = self.plan, self.step, self.situation, self.info
+    def request(self, company_id: str) -> dict[str, Any]:
+        """The decision to take, as a dispatch system asks `serve` (DecideRequest's fields)."""
+        plan, k, s = self.plan, self.step, self.situation
         return {
-            "schema_version": 1,
-            "event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"{self.episode_id}/{k}")),
             "company_id": company_id,
-            "episode_id": self.episode_id,
-            "step": k,
             "decided_at": self._at(plan.decided_s[k]),
-            "occurred_at": self._at(info["occurred_s"]),
             "booking": {
                 "booking_id": f"{self.episode_id}/b{k}",
                 "pickup": {"lat": s.pickup_lat, "lon": s.pickup_lon},
@@ -187,6 +209,18 @@ class Decision(NamedTuple):
                 }
                 for i in range(len(s.driver_lat))
             ],
+        }
+
+    def event(self, company_id: str, policy: str, model_version: str | None) -> dict[str, Any]:
+        """The outcome event of the decision taken (`action`) and what came of it (`info`)."""
+        k, info = self.step, self.info
+        return {
+            "schema_version": 1,
+            "event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"{self.episode_id}/{k}")),
+            "episode_id": self.episode_id,
+            "step": k,
+            **self.request(company_id),
+            "occurred_at": self._at(info["occurred_s"]),
             "action": {
                 "driver_id": f"d-{self.action}",
                 "policy": policy,
@@ -272,8 +306,11 @@ def simulate_to_kafka(
     company_id: str = "sim",
     start: datetime = DEFAULT_START,
     load_model_policy: ModelPolicyLoader | None = None,
+    served: ServedDecider | None = None,
 ) -> dict[str, Any]:
-    """What `dispatchloop simulate` does; returns the summary it prints."""
+    """What `dispatchloop simulate` does; returns the summary it prints.
+
+    `served` (simulate --follow) decides instead of `policy` and `epsilon`."""
     scenario = load_scenario(scenario_path)
     logging_policy = resolve_policy(policy, seed, load_model_policy)
     events = simulated_events(
@@ -285,6 +322,7 @@ def simulate_to_kafka(
         epsilon=epsilon,
         start=start,
         company_id=company_id,
+        served=served,
     )
     result = produce(events, settings.kafka, total=n_events, rate=rate)
     logger.info("produced %d simulated events in %.1f s", result.events, result.seconds)
@@ -292,8 +330,8 @@ def simulate_to_kafka(
         "events": result.events,
         "seconds": round(result.seconds, 3),
         "topic": settings.kafka.topic,
-        "policy": logging_policy.label,
-        "model_version": logging_policy.model_version,
+        "policy": "served" if served is not None else logging_policy.label,
+        "model_version": None if served is not None else logging_policy.model_version,
         "epsilon": epsilon,
         "seed": seed,
     }

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from dispatchloop.decisions.featurizer import N_CANDIDATE_FEATURES, N_CONTEXT_FEATURES
+from dispatchloop.decisions.scorer import MASKED_Q
 from dispatchloop.rl.buffer import ReplayBatch
 from dispatchloop.rl.dqn import select_actions, td_targets
-from dispatchloop.rl.networks import MASKED_Q, CandidateQNetwork, Observation, QNetwork
+from dispatchloop.rl.networks import CandidateQNetwork, Observation, QNetwork
 from dispatchloop.rl.policy import DQNPolicy, NoEligibleActionError
 
 NETWORK = CandidateQNetwork(16, 1)

@@ -12,16 +12,16 @@ from dispatchloop.decisions.featurizer import (
     N_CANDIDATE_FEATURES,
     N_CONTEXT_FEATURES,
 )
+from dispatchloop.decisions.scorer import MASKED_Q
 from dispatchloop.rl.buffer import Transitions
 from dispatchloop.rl.dqn import Learner
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import (
-    MASKED_Q,
     CandidateQNetwork,
     FlatQNetwork,
     build_network,
 )
-from dispatchloop.rl.policy import DQNPolicy, NumpyCandidateScorer
+from dispatchloop.rl.policy import DQNPolicy, numpy_scorer
 
 ETA = CANDIDATE_FEATURES.index("eta_h")
 
@@ -112,7 +112,7 @@ def test_numpy_scorer_matches_pytorch(
     net = CandidateQNetwork(16, 2, activation=activation, dueling=dueling)
     c, x, m = _inputs(np.random.default_rng(seed), batch, n)
     expected = net(torch.from_numpy(c), torch.from_numpy(x), torch.from_numpy(m)).detach().numpy()
-    got = NumpyCandidateScorer(net).q_values(c, x, m)
+    got = numpy_scorer(net).q_values(c, x, m)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 

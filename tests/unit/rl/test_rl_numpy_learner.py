@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from dispatchloop.decisions.scorer import MASKED_Q
 from dispatchloop.replay.transitions import LoggedTransition
 from dispatchloop.rl.buffer import ReplayBatch, Transitions
 from dispatchloop.rl.dqn import (
@@ -29,7 +30,6 @@ from dispatchloop.rl.dqn import (
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.logged import LoggedDataset
 from dispatchloop.rl.networks import (
-    MASKED_Q,
     CandidateQNetwork,
     FlatQNetwork,
     Observation,

@@ -1,0 +1,209 @@
+"""`dispatchloop serve`: the dispatcher as an HTTP sidecar (Starlette on uvicorn).
+
+Endpoints (DESIGN.md, "Serving contract"):
+- `POST /v1/decide`: a `DecideRequest` → `{"driver_id", "policy", "model_version",
+  "propensity", "scores"}`. The body is validated by the event models straight
+  from bytes; a bad request gets 422 naming the field (`candidates.3.lat`), never
+  a 500. The decision runs on the event loop: it is a few hundred microseconds of
+  NumPy, cheaper than a hop to a worker thread.
+- `GET /v1/models`: which versions serve each scope, the canary share, epsilon.
+- `/healthz` (alive), `/readyz` (503 until the follower has read `dispatch.models`
+  to the end offsets seen at start), `/metrics` (Prometheus, `ServingMetrics`).
+
+Why Starlette and uvicorn (uvloop + httptools): a maintained ASGI stack whose
+per-request overhead is small next to the decision; FastAPI's dependency and
+serialisation layers cost more than the decision itself (benchmarks/serving.py).
+Bound to loopback by default: the sidecar serves the dispatch system beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dispatchloop.events import DecideRequest
+from dispatchloop.serving.dispatcher import Decision, Dispatcher, Routing, ServedModel
+from dispatchloop.serving.follower import ModelFollower
+from dispatchloop.serving.metrics import ServingMetrics
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 256 * 1024
+"""A 64-candidate request is ~10 KB; anything far larger is refused before parsing."""
+MAX_REPORTED_ERRORS = 10
+KEEP_ALIVE_S = 75
+"""Idle keep-alive connections are kept this long (uvicorn's 5 s default would make a
+quiet dispatch system reconnect, or hit a connection closed under it)."""
+
+
+def create_app(
+    dispatcher: Dispatcher, metrics: ServingMetrics, follower: ModelFollower | None = None
+) -> Starlette:
+    """The ASGI application; `follower` None means models are swapped by the embedder."""
+
+    async def decide(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            metrics.invalid_requests.inc()
+            return _invalid("body", f"the body exceeds {MAX_BODY_BYTES} bytes", [])
+        try:
+            decide_request = DecideRequest.model_validate_json(body)
+        except ValidationError as exc:
+            metrics.invalid_requests.inc()
+            return _validation_failure(exc)
+        decision = dispatcher.decide(decide_request)
+        metrics.decided(decision.model_version, decision.policy, time.perf_counter() - started)
+        return Response(decision_json(decision), media_type="application/json")
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(models_report(dispatcher, follower))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"alive": True})
+
+    async def readyz(request: Request) -> Response:
+        if follower is None:
+            return JSONResponse({"ready": True})
+        if not follower.alive:
+            reason = "not following dispatch.models (the follower thread is not running)"
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+        if not follower.caught_up.is_set():
+            reason = "still reading dispatch.models to its end"
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.collector_registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/v1/decide", decide, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ]
+    )
+
+
+def decision_json(decision: Decision) -> bytes:
+    """The serving contract's answer; the caller copies policy, version, propensity."""
+    return json.dumps(
+        {
+            "driver_id": decision.driver_id,
+            "policy": decision.policy,
+            "model_version": decision.model_version,
+            "propensity": decision.propensity,
+            "scores": decision.scores,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _validation_failure(exc: ValidationError) -> Response:
+    errors = [
+        {"field": ".".join(str(part) for part in error["loc"]) or "body", "message": error["msg"]}
+        for error in exc.errors(include_url=False, include_input=False)[:MAX_REPORTED_ERRORS]
+    ]
+    return _invalid(errors[0]["field"], errors[0]["message"], errors)
+
+
+def _invalid(field: str, message: str, errors: list[dict[str, str]]) -> Response:
+    return JSONResponse(
+        {"error": "invalid_request", "field": field, "message": message, "errors": errors},
+        status_code=422,
+    )
+
+
+def models_report(dispatcher: Dispatcher, follower: ModelFollower | None) -> dict[str, Any]:
+    """`GET /v1/models`: each scope's champion, challenger and canary share."""
+    return {
+        "epsilon": dispatcher.epsilon,
+        "following": follower is not None,
+        "caught_up": follower is None or follower.caught_up.is_set(),
+        "scopes": {
+            scope: _routing_report(routing) for scope, routing in dispatcher.routings().items()
+        },
+    }
+
+
+def _routing_report(routing: Routing) -> dict[str, Any]:
+    def model(served: ServedModel | None) -> dict[str, str] | None:
+        return None if served is None else {"version": served.version, "policy": served.policy}
+
+    return {
+        "champion": model(routing.champion),
+        "challenger": model(routing.challenger),
+        "challenger_share": routing.challenger_share if routing.challenger is not None else 0.0,
+    }
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: a free one), so callers know the address before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+class SidecarServer:
+    """uvicorn serving the app on a bound socket: `run()` in the main thread (signals
+    stop it gracefully), or `start()`/`stop()` on a background thread (tests, embedding)."""
+
+    def __init__(self, app: Starlette, sock: socket.socket) -> None:
+        self.socket = sock
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.socket.getsockname()[:2]
+        return str(host), int(port)
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (uvicorn finishes in-flight requests first)."""
+        host, port = self.address
+        logger.info("serving decisions on http://%s:%d/v1/decide", host, port)
+        self._server.run(sockets=[self.socket])
+
+    def start(self, timeout_s: float = 10.0) -> SidecarServer:
+        """Serve on a daemon thread; returns once it accepts requests."""
+        self._thread = threading.Thread(target=self.run, name="serve-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the serving HTTP server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop accepting, finish in-flight requests, join the thread (bounded)."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+        self.socket.close()
