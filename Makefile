@@ -10,7 +10,7 @@ TORCH_PIN := torch==2.13.0
 
 setup: $(STAMP) tools
 
-# System tools the tests need (promtool); installs them as root with apt, else says what to install.
+# System tools the tests need (promtool, wrk, stunnel4); installed as root with apt, else named.
 tools:
 	.ci/install-tools
 
