@@ -99,6 +99,7 @@ def judge(
     thresholds: GateThresholds,
     *,
     logged: LoggedSample | None = None,
+    logged_note: str = "no logged events were given",
     window: tuple[datetime, datetime] | None = None,
     seed_offset: int = 0,
     stop: StopFlag | None = None,
@@ -126,6 +127,8 @@ def judge(
         except (ValueError, ArithmeticError) as exc:
             sanity = Sanity(False, f"the candidate failed while playing TEST episodes: {exc}")
     ope, note = _off_policy(candidate, champion, logged, thresholds, seed_offset)
+    if logged is None:
+        note = logged_note
     evidence = Evidence(
         record_id=str(uuid.uuid4()),
         created_at=started,

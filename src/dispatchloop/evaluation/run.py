@@ -40,14 +40,14 @@ def run_evaluation(
         specs = parse_policies((policies or "random").split(","), GYM_BASELINES)
         request = EvaluationRequest(tuple(specs), baseline or "random", episodes, seed)
         return evaluate_gym(request, env_id, show_bar=show_bar)
-    source = _scenario_source(scenario)
+    source = scenario_source(scenario)
     specs = parse_policies((policies or DEFAULT_POLICIES).split(","), BASELINES)
     request = EvaluationRequest(tuple(specs), baseline or "greedy", episodes, seed)
     world, label = load_scenario(source, settings.resolved_store_url)
     return evaluate_dispatch(request, world, settings.reward, label, show_bar=show_bar)
 
 
-def _scenario_source(value: str) -> ScenarioSource:
+def scenario_source(value: str) -> ScenarioSource:
     choices: tuple[ScenarioSource, ...] = get_args(ScenarioSource)
     for choice in choices:
         if value == choice:
