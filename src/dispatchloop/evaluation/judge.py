@@ -273,7 +273,7 @@ def _off_policy(
     if logged is None:
         return None, "no logged events were given"
     usable, excluded = with_propensity(logged.decisions)
-    if len(usable) == 0:
+    if usable.size == 0:
         return None, f"none of the {excluded} logged decisions has a propensity"
     keep = np.isfinite(logged.decisions.propensities) & (logged.decisions.propensities > 0)
     observations = {key: value[keep] for key, value in logged.observations.items()}
@@ -301,4 +301,4 @@ def _off_policy(
         n_bootstrap=thresholds.ope_bootstrap,
         excluded=excluded,
     )
-    return comparison, f"{len(usable)} logged decisions used, {excluded} without propensity"
+    return comparison, f"{usable.size} logged decisions used, {excluded} without propensity"

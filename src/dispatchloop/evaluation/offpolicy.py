@@ -52,7 +52,9 @@ class LoggedDecisions(NamedTuple):
     masks: NDArray[np.bool_]
     """(N, A) slots a policy may choose (eligible, or the logged action)."""
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """Number of decisions (not `len`: a NamedTuple's length is its field count)."""
         return len(self.actions)
 
     def subset(self, keep: NDArray[np.bool_]) -> LoggedDecisions:
@@ -132,7 +134,7 @@ def with_propensity(decisions: LoggedDecisions) -> tuple[LoggedDecisions, int]:
 
 def importance_weights(target: FloatArray, decisions: LoggedDecisions) -> FloatArray:
     """pi(a|s) / mu(a|s) of each logged action; `target` is (N, A) probabilities."""
-    rows = np.arange(len(decisions))
+    rows = np.arange(decisions.size)
     return np.asarray(target[rows, decisions.actions] / decisions.propensities, dtype=np.float64)
 
 
@@ -143,12 +145,12 @@ def support_of(target: FloatArray, decisions: LoggedDecisions, weights: FloatArr
     ess = total * total / squares if squares > 0 else 0.0
     top = max(1, int(np.ceil(0.01 * weights.size)))
     top_share = float(np.sort(weights)[-top:].sum() / total) if total > 0 else 1.0
-    rows = np.arange(len(decisions))
+    rows = np.arange(decisions.size)
     off_action = target.sum(axis=1) - target[rows, decisions.actions]
     deterministic = decisions.propensities >= 1.0 - 1e-9
     unsupported = float(np.where(deterministic, off_action, 0.0).mean()) if len(rows) else 1.0
     return Support(
-        decisions=len(decisions),
+        decisions=decisions.size,
         ess=ess,
         max_weight=float(weights.max(initial=0.0)),
         top_share=top_share,
@@ -168,7 +170,7 @@ class _PerEpisode(NamedTuple):
 def _per_episode(
     target: FloatArray, decisions: LoggedDecisions, q_hat: FloatArray, weights: FloatArray
 ) -> _PerEpisode:
-    rows = np.arange(len(decisions))
+    rows = np.arange(decisions.size)
     q_logged = q_hat[rows, decisions.actions]
     direct = (np.nan_to_num(target) * np.where(decisions.masks, q_hat, 0.0)).sum(axis=1)
     dr_terms = direct + weights * (decisions.rewards - q_logged)
@@ -222,7 +224,7 @@ def compare_policies(
     `candidate` and `champion` are (N, A) action probabilities on the logged
     situations, `q_hat` the cross-fitted reward model's (N, A) predictions.
     """
-    if len(decisions) == 0:
+    if decisions.size == 0:
         raise ValueError("no logged decision with a propensity to estimate from")
     sums, estimates = {}, {}
     for name, target in (("candidate", candidate), ("champion", champion)):
@@ -282,7 +284,7 @@ def fit_reward_model(
         raise ValueError(f"cross-fitting needs at least {folds} episodes, got {n_episodes}")
     group = rng.permutation(n_episodes) % folds
     fold_of = group[decisions.episodes]
-    rows = np.arange(len(decisions))
+    rows = np.arange(decisions.size)
     taken = features[rows, decisions.actions]  # (N, F)
     q_hat = np.zeros(features.shape[:2])
     for fold in range(folds):

@@ -40,7 +40,7 @@ def run_ope(
     if inputs.logged is None:
         raise EvaluationInputError(f"no logged events to estimate from: {inputs.note}")
     usable, excluded = with_propensity(inputs.logged.decisions)
-    if len(usable) == 0:
+    if usable.size == 0:
         raise EvaluationInputError(f"none of the {excluded} logged decisions has a propensity")
     keep = np.isfinite(inputs.logged.decisions.propensities)
     keep &= inputs.logged.decisions.propensities > 0
@@ -70,7 +70,7 @@ def run_ope(
         rows.append(_row(name, comparison, thresholds, is_baseline=name == base))
     return {
         "baseline": base,
-        "decisions": len(usable),
+        "decisions": usable.size,
         "excluded_without_propensity": excluded,
         "confidence": thresholds.confidence,
         "horizon": HORIZON,
