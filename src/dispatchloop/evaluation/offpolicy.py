@@ -256,13 +256,24 @@ def compare_policies(
     )
 
 
+PRIORITY_COLUMNS = 3
+"""The context's first columns are the priority one-hots (decisions.featurizer)."""
+
+
 def reward_features(candidates: FloatArray, context: FloatArray) -> FloatArray:
-    """(N, A, F) regressors of the reward model: candidate features, their squares, context."""
+    """(N, A, F) regressors of the reward model.
+
+    Candidate features per priority class (the reward weighs delay by priority, so
+    a linear model needs the interaction), their squares, and the context. The
+    plain features alone left DR's spread over repetitions 20 % wider for a target
+    far from the logger (scratch run, benchmarks/gate.py's coverage setting).
+    """
     n, slots, _ = candidates.shape
+    priority = context[:, :PRIORITY_COLUMNS]
+    by_priority = (candidates[:, :, :, None] * priority[:, None, None, :]).reshape(n, slots, -1)
     ctx = np.broadcast_to(context[:, None, :], (n, slots, context.shape[1]))
-    return np.concatenate([candidates, candidates**2, ctx, np.ones((n, slots, 1))], axis=2).astype(
-        np.float64
-    )
+    parts = [by_priority, candidates**2, ctx, np.ones((n, slots, 1))]
+    return np.concatenate(parts, axis=2).astype(np.float64)
 
 
 def fit_reward_model(

@@ -127,7 +127,7 @@ def _coverage_run(reps: int) -> tuple[dict[str, float], dict[str, float]]:
                 (result.champion, "greedy-eps0.5"),
             ):
                 hits[key] += getattr(estimates_of, key).ci.contains(truth[name])
-            estimates[key].append(getattr(result.candidate, key).value)
+            estimates[key].append(getattr(result.champion, key).value)
     coverage = {key: value / (2 * reps) for key, value in hits.items()}
     spread = {key: float(np.std(values)) for key, values in estimates.items()}
     return coverage, spread
@@ -137,7 +137,10 @@ def _coverage_run(reps: int) -> tuple[dict[str, float], dict[str, float]]:
 def test_intervals_cover_the_simulated_truth_and_dr_has_lower_variance_than_ips() -> None:
     coverage, spread = _coverage_run(reps=20)
     assert all(rate >= 0.8 for rate in coverage.values()), coverage
-    assert spread["dr"] < spread["ips"], spread
+    # Spread of the estimates of the target far from the logger (greedy mixing random on
+    # half the decisions); for greedy itself (weights 0 or 1.36) both estimators are
+    # dominated by which situations happened to be logged, and DR is about IPS.
+    assert spread["dr"] < 0.8 * spread["ips"], spread
 
 
 def test_a_logger_that_never_explores_gives_insufficient_support() -> None:
