@@ -81,7 +81,10 @@ class GateInputs(NamedTuple):
 def gate_inputs(settings: Settings, scenario: str) -> GateInputs:
     """Scenario and logs for `gate --scenario store|default`."""
     source = scenario_source(scenario)
-    world, _ = load_scenario(source, settings.resolved_store_url)
+    try:
+        world, _ = load_scenario(source, settings.resolved_store_url)
+    except StoreUnavailableError as exc:
+        raise EvaluationInputError(str(exc).rstrip(".")) from None
     try:
         store = open_store(settings.resolved_store_url, create=False)
     except StoreUnavailableError as exc:
