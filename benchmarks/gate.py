@@ -16,13 +16,16 @@ Five checks, each the full version of a smaller unit test (tests/unit/evaluation
    candidates mix more (6.2-25 %), 10 better or equal mix less (0-5 %). Each
    candidate's true gap is measured on 3,000 paired VALIDATION episodes (never
    TEST). All 20 are gated on TEST seeds with OPE on 500 logged episodes.
+   3b. The same with a trained DQN: champion = the policy-quality DQN with Gaussian
+   noise (0.3 of each tensor's std) added to its weights; 10 candidates with less
+   (0-0.25) or more (0.6-2.0) noise, classed by their measured VALIDATION gap.
 4. Sequential vs fixed design: synthetic normal differences at the measured
    per-episode sd; the power and mean episodes of the 5-look design, and the
    fixed sample size with the same power at the same alpha.
 5. Wall time of one full gate with a trained DQN candidate against greedy:
    default world, and store-calibrated (scenario fit + logs featurized + judge).
 
-    .venv/bin/python benchmarks/gate.py            # everything (~10 min on 2 cores)
+    .venv/bin/python benchmarks/gate.py            # everything (~12 min on 2 loaded cores)
     .venv/bin/python benchmarks/gate.py --quick    # smaller, for a smoke test
 """
 
@@ -34,6 +37,7 @@ import os
 import platform
 import tempfile
 import time
+from copy import deepcopy
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,7 @@ from dispatchloop.replay import IncomingEvent, open_store
 from dispatchloop.rl.artifacts import save_model
 from dispatchloop.rl.dqn import train_dispatch
 from dispatchloop.rl.hyperparams import DQNConfig
+from dispatchloop.rl.policy import DQNPolicy
 from dispatchloop.settings import GateSettings, RewardSettings, Settings
 from dispatchloop.sim.policies import EpsilonGreedyPolicy, GreedyPolicy, RandomPolicy
 from dispatchloop.sim.producer import LoggingPolicy, simulated_events
@@ -234,6 +239,80 @@ def sabotage(truth_episodes: int, log_episodes: int) -> dict[str, Any]:
     }
 
 
+def trained_dqn(train_steps: int) -> tuple[Any, DQNConfig]:
+    """The policy-quality DQN configuration trained in the default world (training seed 0)."""
+    overrides = json.loads(Path(__file__).with_name("policy_quality_dqn.json").read_text())
+    config = DQNConfig.from_dict(
+        {k: v for k, v in overrides.items() if k not in ("distill", "worlds")}
+    )
+    return train_dispatch(config, WORLD, REWARD, train_steps, seed=0).q_network, config
+
+
+def noisy(network: Any, scale: float, seed: int) -> DQNPolicy:
+    """A copy of the network with N(0, (scale * std of each tensor)^2) added to every weight."""
+    copy = deepcopy(network)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in copy.parameters():
+            spread = float(parameter.std()) if parameter.numel() > 1 else 0.0
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale * spread)
+    return DQNPolicy(copy, name=f"dqn-noise{scale:g}")
+
+
+def sabotage_dqn(train_steps: int, truth_episodes: int) -> dict[str, Any]:
+    """Champion: a trained DQN with weight noise 0.3; candidates: less noise or more.
+
+    Classes come from the measured gap on VALIDATION seeds (noise draws differ, so
+    the scale alone does not order them): worse = at least 2 % of the champion's mean
+    reward below it, better = above it by its 99 % interval, the rest `neither`.
+    """
+    network, _ = trained_dqn(train_steps)
+    champion_policy = noisy(network, 0.3, seed=0)
+    seeds = validation_seeds(truth_episodes, offset=3_000_000)
+    champion_returns = run_episodes(champion_policy, WORLD, REWARD, seeds).returns
+    logs = simulate_logs(mixed(0.2, 9), WORLD, REWARD, train_seeds(500, 6_000_000))
+    rows = []
+    for index, scale in enumerate((0.0, 0.1, 0.15, 0.2, 0.25, 0.6, 0.8, 1.0, 1.5, 2.0)):
+        candidate = noisy(network, scale, seed=index + 1)
+        diff = run_episodes(candidate, WORLD, REWARD, seeds).returns - champion_returns
+        half = float(stats.t.ppf(0.995, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)))
+        pct = 100 * float(diff.mean()) / abs(float(champion_returns.mean()))
+        kind = "worse" if pct <= -2 else "better" if diff.mean() - half > 0 else "neither"
+        judgement = judge(
+            Contender(candidate.name, candidate),
+            Contender("dqn-noise0.3", champion_policy),
+            WORLD,
+            REWARD,
+            THRESHOLDS,
+            logged=logs,
+            seed_offset=(40 + index) * 2_000,
+        )
+        record = judgement.record
+        rows.append(
+            {
+                "noise": scale,
+                "class": kind,
+                "true_gap": float(diff.mean()),
+                "true_gap_99ci_half": half,
+                "true_gap_pct_of_champion": pct,
+                "verdict": record.verdict,
+                "episodes": record.metrics.get("sim_episodes"),
+                "seconds": judgement.seconds,
+                "reasons": list(record.reasons),
+            }
+        )
+    return {
+        "rows": rows,
+        "worse": sum(r["class"] == "worse" for r in rows),
+        "worse_promoted": sum(r["class"] == "worse" and r["verdict"] == "promote" for r in rows),
+        "better": sum(r["class"] == "better" for r in rows),
+        "better_promoted": sum(r["class"] == "better" and r["verdict"] == "promote" for r in rows),
+        "neither_promoted": sum(
+            r["class"] == "neither" and r["verdict"] == "promote" for r in rows
+        ),
+    }
+
+
 def sequential_vs_fixed(sd: float, reps: int) -> list[dict[str, Any]]:
     """Power and mean episodes of the 5-look design vs the fixed n with the same power."""
     design = make_design(THRESHOLDS.max_episodes, THRESHOLDS.looks, THRESHOLDS.confidence)
@@ -275,15 +354,11 @@ def _fill_store(url: str, events: int) -> None:
 
 
 def wall_time(train_steps: int, store_events: int) -> dict[str, Any]:
-    overrides = json.loads(Path(__file__).with_name("policy_quality_dqn.json").read_text())
-    config = DQNConfig.from_dict(
-        {k: v for k, v in overrides.items() if k not in ("distill", "worlds")}
-    )
-    trained = train_dispatch(config, WORLD, REWARD, train_steps, seed=0)
+    network, config = trained_dqn(train_steps)
     out: dict[str, Any] = {"train_steps": train_steps, "store_events": store_events}
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "dqn-candidate"
-        save_model(model, trained.q_network, config, {"model_version": "dqn-candidate"})
+        save_model(model, network, config, {"model_version": "dqn-candidate"})
         url = f"sqlite:///{tmp}/replay.db"
         _fill_store(url, store_events)
         settings = Settings(data_dir=Path(tmp), store_url=url)  # type: ignore[arg-type]
@@ -317,7 +392,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller repetitions (smoke test)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON results here")
-    parser.add_argument("--only", default="coverage,typeone,sabotage,sequential,walltime")
+    parser.add_argument(
+        "--only", default="coverage,typeone,sabotage,sabotage_dqn,sequential,walltime"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     quick, only = args.quick, set(args.only.split(","))
@@ -338,6 +415,11 @@ def main() -> None:
         print(json.dumps({k: v for k, v in result["sabotage"].items() if k != "rows"}), flush=True)
         for row in result["sabotage"]["rows"]:
             print({k: row[k] for k in ("epsilon", "true_gap", "verdict", "episodes", "looks")})
+    if "sabotage_dqn" in only:
+        result["sabotage_dqn"] = sabotage_dqn(5_000 if quick else 30_000, 1_000 if quick else 3_000)
+        print(json.dumps({k: v for k, v in result["sabotage_dqn"].items() if k != "rows"}))
+        for row in result["sabotage_dqn"]["rows"]:
+            print({k: row[k] for k in ("noise", "class", "true_gap", "verdict", "episodes")})
     if "sequential" in only:
         sd = 19.0
         result["sequential"] = {"sd": sd, "rows": sequential_vs_fixed(sd, 500 if quick else 4_000)}
