@@ -6,9 +6,13 @@ STAMP := $(VENV)/.setup-stamp
 # torch first, pinned: a CPU build on local disk. A bare `torch` would pull a CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup test test-unit test-integration lint bench demo clean schema
+.PHONY: setup tools test test-unit test-integration lint bench demo clean schema
 
-setup: $(STAMP)
+setup: $(STAMP) tools
+
+# System tools the tests need (promtool); installs them as root with apt, else says what to install.
+tools:
+	.ci/install-tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,20 +29,21 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest tests/integration
 
-lint: setup
+lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench: setup
+bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
 
-demo: setup
+demo: $(STAMP)  # the demo needs no system tools
 	$(PY) -m dispatchloop.cli demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
-schema: setup
+schema: $(STAMP)
 	$(PY) -c "import json; from dispatchloop.events import outcome_json_schema; print(json.dumps(outcome_json_schema(), indent=2))" > docs/schema/dispatch-outcome-v1.json
+	$(PY) -c "import json; from dispatchloop.events import promotion_json_schema; print(json.dumps(promotion_json_schema(), indent=2))" > docs/schema/model-promoted-v1.json

@@ -55,6 +55,7 @@ from dispatchloop.evaluation.sequential import make_design, sequential_test
 from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay import IncomingEvent, open_store
 from dispatchloop.rl.artifacts import save_model
+from dispatchloop.rl.card import CardDraft
 from dispatchloop.rl.dqn import train_dispatch
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.policy import DQNPolicy
@@ -358,7 +359,7 @@ def wall_time(train_steps: int, store_events: int) -> dict[str, Any]:
     out: dict[str, Any] = {"train_steps": train_steps, "store_events": store_events}
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "dqn-candidate"
-        save_model(model, network, config, {"model_version": "dqn-candidate"})
+        save_model(model, network, config, CardDraft(model_version="dqn-candidate"))
         url = f"sqlite:///{tmp}/replay.db"
         _fill_store(url, store_events)
         settings = Settings(data_dir=Path(tmp), store_url=url)  # type: ignore[arg-type]

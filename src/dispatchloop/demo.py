@@ -34,6 +34,7 @@ from dispatchloop.replay import StoreStats, TimeWindow, open_store
 from dispatchloop.replay.report import stats_lines
 from dispatchloop.rl.artifacts import save_model
 from dispatchloop.rl.callbacks import ProgressCallback
+from dispatchloop.rl.card import CardDraft, DataWindow
 from dispatchloop.rl.dqn import TrainResult, train_dispatch, train_offline
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.logged import LoggedDataset
@@ -254,16 +255,18 @@ def _train(
             init_from=offline.q_network,
         )
     model_dir = workdir / "models" / "demo-dqn"
-    metadata = {
-        "model_version": "demo",
-        "scenario": scenario.to_dict(),
-        "training": {
+    draft = CardDraft(
+        model_version="demo",
+        scenario=scenario.to_dict(),
+        data_window=DataWindow(events=len(dataset)),
+        training={
+            "mode": "offline+sim",
             "offline_gradient_steps": offline.gradient_steps,
             "finetune_env_steps": finetune.env_steps,
             "logged_transitions": len(dataset),
         },
-    }
-    save_model(model_dir, finetune.q_network, config, metadata)
+    )
+    save_model(model_dir, finetune.q_network, config, draft)
     return offline, finetune, model_dir
 
 

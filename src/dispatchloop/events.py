@@ -139,19 +139,100 @@ class DispatchOutcomeEvent(_Wire):
         return -1
 
 
-class ModelPromotedEvent(_Wire):
-    """Published on `dispatch.models` (key: the alias) when an alias moves."""
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+ModelEventType = Literal["model.promoted", "model.rolled_back", "model.traffic_changed"]
+AliasName = Literal["champion", "challenger"]
+ALL_COMPANIES = "*"
 
-    event_type: Literal["model.promoted", "model.rolled_back"]
-    alias: Literal["champion", "challenger"]
+
+class PromotionDecision(_Wire):
+    """The decision record behind an alias move (DESIGN.md, "Decision record")."""
+
+    verdict: Literal["promote", "reject", "insufficient_evidence"]
+    """The record's verdict (a manual override records `promote` with kind `manual`)."""
+    record_uri: str
+    """`file://…/<version>/decisions/<record_id>.json`: the whole record."""
+
+
+class Lineage(_Wire):
+    """Where the promoted model came from."""
+
+    data_window: tuple[AwareDatetime | None, AwareDatetime | None] | None = None
+    """[start, end) of the logged events it learned from; None for simulator-only training."""
+    events: int | None = None
+    """Logged events (transitions) in that window."""
+    parent_version: str | None = None
+    """The version it was fine-tuned from or judged against."""
+    study: str | None = None
+    """The tuning study whose parameters it used."""
+    trainer: str
+    """`dqn` or `distill`."""
+
+
+class ModelPromotedEvent(_Wire):
+    """Published on `dispatch.models` when an alias moves (DESIGN.md, promotion event v1).
+
+    Key: the alias for scope `*`, `<company_id>/<alias>` otherwise. Consumers
+    deduplicate on `event_id` (delivery is at-least-once through the outbox)."""
+
+    schema_version: Literal[1] = 1
+    """Version of this event's layout."""
+    event_id: UUID
+    """Unique per alias move; the deduplication key."""
+    event_type: ModelEventType
+    """Promoted, rolled back (names the version now serving), or canary share changed."""
+    scope: Identifier = ALL_COMPANIES
+    """`*` (every company) or one company_id; a company's own alias wins over `*`'s."""
+    alias: AliasName
+    """Which alias moved."""
     model_version: Identifier
+    """The version the alias now points to."""
     previous_version: str | None
+    """The version it pointed to before, None for the first move."""
     artifact_uri: str
+    """`file://` URI of the safetensors weights."""
     onnx_uri: str | None
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """`file://` URI of the ONNX export serving loads; None if the version has none."""
+    card_uri: str
+    """`file://` URI of the version's card.json."""
+    sha256: Sha256
+    """sha256 of the weights file; check before loading."""
+    onnx_sha256: Sha256 | None
+    """sha256 of the ONNX file; check before loading."""
+    featurizer_version: int
+    """The featurizer the model expects; a dispatcher computing another one keeps its model."""
     traffic_share: FiniteFloat = Field(ge=0.0, le=1.0)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    """Share of decisions the dispatch system should give this alias."""
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict)
+    """Headline figures from the decision record (e.g. sim_reward_delta)."""
+    decision: PromotionDecision | None
+    """The decision record behind the move; None only when none exists."""
+    lineage: Lineage
+    """Data window, event count, parent version, study, trainer."""
+    actor: Identifier
+    """Who moved the alias: `daemon`, or the operator (user@host)."""
+    reason: str
+    """Why, in one sentence."""
     promoted_at: AwareDatetime
+    """When the alias move was committed (UTC)."""
+
+    @property
+    def key(self) -> str:
+        """The Kafka record key: the alias, prefixed by the company outside scope `*`."""
+        return self.alias if self.scope == ALL_COMPANIES else f"{self.scope}/{self.alias}"
+
+
+def promotion_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the promotion event (schema_version 1), as published in docs/schema/."""
+    schema = ModelPromotedEvent.model_json_schema(mode="serialization")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://dispatchloop.dev/schema/model-promoted-v1.json"
+    schema["description"] = (
+        "An alias move on dispatch.models (schema_version 1). Key: the alias for scope *, "
+        "<company_id>/<alias> otherwise. Deduplicate on event_id. Load a version only after "
+        "checking sha256, onnx_sha256 and featurizer_version."
+    )
+    return schema
 
 
 class _Record(BaseModel):

@@ -192,6 +192,20 @@ class RewardSettings(_Section):
         return weights
 
 
+class RegistrySettings(_Section):
+    """The model registry: where version files live and how promotion events are published."""
+
+    root: Path | None = Field(None, description="Version directories; default <data_dir>/registry.")
+    publish_timeout_s: float = Field(
+        10.0, gt=0, description="How long `models promote` tries to publish before queueing."
+    )
+    ack_timeout_s: float = Field(
+        10.0, gt=0, description="How long one send waits for the broker's acknowledgement."
+    )
+    backoff_initial_s: float = Field(0.2, gt=0)
+    backoff_max_s: float = Field(5.0, gt=0)
+
+
 class GateSettings(_Section):
     """Thresholds of the promotion gate (evaluation/gate.py): what a candidate must show.
 
@@ -251,6 +265,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
 
     @field_validator("store_url")
     @classmethod
@@ -267,6 +282,11 @@ class Settings(BaseSettings):
         if self.store_url is not None:
             return self.store_url.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'replay.db').resolve()}"
+
+    @property
+    def resolved_registry_root(self) -> Path:
+        """The registry root with the default under data_dir filled in."""
+        return (self.registry.root or self.data_dir / "registry").resolve()
 
     @classmethod
     def settings_customise_sources(

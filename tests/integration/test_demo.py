@@ -61,9 +61,10 @@ def test_demo_runs_the_whole_loop_and_prints_its_summary(tmp_path: Path) -> None
         assert store.stats().events == 190
     finally:
         store.close()
-    metadata = json.loads((workdir / "models" / "demo-dqn" / "metadata.json").read_text())
-    assert metadata["model_version"] == "demo"
-    assert metadata["training"]["logged_transitions"] == 190
+    card = json.loads((workdir / "models" / "demo-dqn" / "card.json").read_text())
+    assert card["model_version"] == "demo"
+    assert card["training"]["logged_transitions"] == 190
+    assert card["data_window"]["events"] == 190
 
 
 def test_demo_refuses_a_non_empty_workdir(tmp_path: Path) -> None:

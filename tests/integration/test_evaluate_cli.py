@@ -15,6 +15,7 @@ import pytest
 from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay import IncomingEvent, open_store
 from dispatchloop.rl.artifacts import save_model
+from dispatchloop.rl.card import CardDraft
 from dispatchloop.rl.dqn import train_dispatch, train_gym
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.settings import RewardSettings
@@ -32,7 +33,7 @@ def dispatch_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny, briefly trained dispatch model: enough to load and play, not to win."""
     result = train_dispatch(TINY, Scenario.default(), RewardSettings(), total_steps=256, seed=0)
     directory = tmp_path_factory.mktemp("models") / "tiny-dqn"
-    save_model(directory, result.q_network, TINY, {"model_version": "tiny"})
+    save_model(directory, result.q_network, TINY, CardDraft(model_version="tiny"))
     return directory
 
 
@@ -153,14 +154,14 @@ def test_gym_path_pairs_a_model_with_random(tmp_path: Path) -> None:
     config = DQNConfig(hidden_size=16, n_layers=1, batch_size=32, learning_starts=64)
     trained = train_gym(config, "CartPole-v1", total_steps=256, seed=0)
     model = tmp_path / "cartpole"
-    save_model(model, trained.q_network, config, {"model_version": "cartpole-tiny"})
+    save_model(model, trained.q_network, config, CardDraft(model_version="cartpole-tiny"))
     data = _json(
         _run(
             tmp_path,
             "--env",
             "CartPole-v1",
             "--policies",
-            f"random,{model}",
+            str(model),  # one model alone: random is added as the baseline
             "--episodes",
             "5",
             "--json",

@@ -14,6 +14,7 @@ import torch
 from dispatchloop.events import DecisionRecord, DispatchOutcomeEvent
 from dispatchloop.replay import IncomingEvent, open_store
 from dispatchloop.rl.artifacts import save_model
+from dispatchloop.rl.card import CardDraft
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import CandidateQNetwork
 from dispatchloop.settings import RewardSettings
@@ -32,7 +33,9 @@ def _model(directory: Path, *, nan: bool) -> Path:
         with torch.no_grad():
             for parameter in network.parameters():
                 parameter.fill_(float("nan"))
-    save_model(directory, network, TINY, {"model_version": directory.name}, export_onnx=not nan)
+    save_model(
+        directory, network, TINY, CardDraft(model_version=directory.name), export_onnx=not nan
+    )
     return directory
 
 

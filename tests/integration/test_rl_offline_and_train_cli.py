@@ -90,7 +90,7 @@ def test_train_cli_gym_writes_a_verified_model(tmp_path: Path) -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["mode"] == "gym" and summary["env_steps"] == 600
     loaded = load_model(out)
-    assert loaded.metadata["training"]["env_id"] == "CartPole-v1"
+    assert loaded.card.training["env_id"] == "CartPole-v1"
     assert loaded.config.hidden_size == 32
     assert loaded.onnx_path is not None and loaded.onnx_path.is_file()
 
@@ -139,9 +139,10 @@ def test_train_cli_from_store_then_simulator(
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["mode"] == "offline+sim"
     assert summary["env_steps"] == 400 and summary["gradient_steps"] > 60
-    meta = load_model(out).metadata
-    assert meta["training"]["offline_gradient_steps"] == 60
-    assert meta["scenario"]["n_drivers"] >= 1
+    card = load_model(out).card
+    assert card.training["offline_gradient_steps"] == 60
+    assert card.scenario is not None and card.scenario["n_drivers"] >= 1
+    assert card.data_window is not None and (card.data_window.events or 0) > 0
 
 
 def test_train_cli_from_an_empty_store_exits_2(
@@ -168,8 +169,8 @@ def test_train_cli_distill_writes_a_verified_model_taught_by_the_planner(tmp_pat
     bookings = Scenario.default().bookings_per_episode
     assert summary["mode"] == "distill" and summary["env_steps"] == 2 * 3 * bookings
     loaded = load_model(out)
-    assert loaded.metadata["training"]["teacher"] == "rollout"
-    assert loaded.metadata["training"]["distill"]["episodes_per_round"] == 3
+    assert loaded.card.training["teacher"] == "rollout" and loaded.card.trainer == "distill"
+    assert loaded.card.training["distill"]["episodes_per_round"] == 3
     assert loaded.onnx_path is not None and loaded.onnx_path.is_file()
     seeds, world, reward = test_seeds(20), Scenario.default(), RewardSettings()
     returns = run_episodes(DQNPolicy(loaded.q_network), world, reward, seeds).returns

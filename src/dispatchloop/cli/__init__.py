@@ -19,6 +19,7 @@ from dispatchloop.cli import (  # noqa: F401 - importing a group registers its c
     evaluate,
     gate,
     ingest,
+    models,
     simulate,
     store,
     train,

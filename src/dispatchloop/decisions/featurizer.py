@@ -16,7 +16,7 @@ share of the greedy→hindsight gap the DQN closes from 19 to 23 % in the
 store-calibrated world and from 33 to 36 % in the default one).
 The map belongs to the world, not to the model: the simulator takes it from its
 scenario, offline training from the scenario it trains in, and a model's
-metadata carries that scenario, so `demand_map(metadata["scenario"]["pickup_points"])`
+card carries that scenario, so `demand_map(card.scenario["pickup_points"])`
 rebuilds it for serving.
 """
 

@@ -9,7 +9,6 @@ world's demand map (no simulator object is needed for it).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -18,13 +17,14 @@ from typing import Literal, NamedTuple
 from dispatchloop.evaluation.gate import GateThresholds
 from dispatchloop.evaluation.judge import Contender, Judgement, judge
 from dispatchloop.evaluation.logged import LoggedSample, from_dataset
-from dispatchloop.evaluation.policies import EvaluationInputError, load_q_network
+from dispatchloop.evaluation.policies import EvaluationInputError
 from dispatchloop.evaluation.run import scenario_source
 from dispatchloop.evaluation.simulated import load_scenario
 from dispatchloop.events import DecisionRecord
 from dispatchloop.progress import progress
 from dispatchloop.replay import TimeWindow, open_store
 from dispatchloop.replay.base import StoreUnavailableError
+from dispatchloop.rl.artifacts import ArtifactError, load_model
 from dispatchloop.rl.logged import LoggedDataset
 from dispatchloop.rl.policy import DQNPolicy
 from dispatchloop.settings import Settings
@@ -51,18 +51,13 @@ def resolve_contender(spec: str, role: Role, lookup: VersionLookup | None = None
                 "(registry versions resolve once the model registry is wired in)"
             )
         directory = lookup(name)  # the registry plugs in here
-    label = _model_label(directory)
-    return Contender(label, DQNPolicy(load_q_network(directory), name=label))
-
-
-def _model_label(directory: Path) -> str:
-    """The model's recorded version, else its directory name."""
     try:
-        metadata = json.loads((directory / "metadata.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return directory.name
-    version = metadata.get("model_version") if isinstance(metadata, dict) else None
-    return str(version or directory.name)
+        loaded = load_model(directory)
+    except (ArtifactError, OSError) as exc:
+        raise EvaluationInputError(f"cannot load model {str(directory)!r}: {exc}") from exc
+    card = loaded.card
+    label = card.version or card.model_version or directory.name  # registry version first
+    return Contender(label, DQNPolicy(loaded.q_network, name=label))
 
 
 class GateInputs(NamedTuple):

@@ -15,6 +15,7 @@ from dispatchloop.evaluation.policies import (
     GYM_BASELINES,
     EvaluationInputError,
     EvaluationRequest,
+    PolicySpec,
     parse_policies,
 )
 from dispatchloop.evaluation.report import EvaluationReport
@@ -38,13 +39,28 @@ def run_evaluation(
     """Evaluate on the dispatch simulator, or on `env_id` when given."""
     if env_id is not None:
         specs = parse_policies((policies or "random").split(","), GYM_BASELINES)
+        specs = with_default_baseline(specs, baseline, "random")
         request = EvaluationRequest(tuple(specs), baseline or "random", episodes, seed)
         return evaluate_gym(request, env_id, show_bar=show_bar)
     source = scenario_source(scenario)
     specs = parse_policies((policies or DEFAULT_POLICIES).split(","), BASELINES)
+    specs = with_default_baseline(specs, baseline, "greedy")
     request = EvaluationRequest(tuple(specs), baseline or "greedy", episodes, seed)
     world, label = load_scenario(source, settings.resolved_store_url)
     return evaluate_dispatch(request, world, settings.reward, label, show_bar=show_bar)
+
+
+def with_default_baseline(
+    specs: list[PolicySpec], baseline: str | None, default: str
+) -> list[PolicySpec]:
+    """Add the default baseline when none was asked for and the list lacks it.
+
+    `evaluate --policies DIR` (one model) must pair the model against something
+    without the operator having to know which baseline the path defaults to; an
+    explicit `--baseline` is never added silently (a typo there stays an error)."""
+    if baseline is not None or any(spec.name == default for spec in specs):
+        return specs
+    return [PolicySpec(default), *specs]
 
 
 def scenario_source(value: str) -> ScenarioSource:

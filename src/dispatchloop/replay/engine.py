@@ -48,6 +48,15 @@ def open_store(url: str, *, create: bool = True) -> ReplayStore:
     `create=False` is for read-only tools (`store stats`): a missing SQLite file or
     an empty PostgreSQL database is reported instead of silently created.
     """
+    engine, description = open_engine(url, create=create)
+    return SqlReplayStore(engine, description)
+
+
+def open_engine(url: str, *, create: bool = True) -> tuple[sa.Engine, str]:
+    """A tuned, migrated engine on the store database and its password-free description.
+
+    The model registry keeps its tables in the same database (same migrations), so it
+    opens its engine here rather than repeating the tuning and error mapping."""
     parsed = _parse_url(url)
     description = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() == "sqlite":
@@ -72,7 +81,7 @@ def open_store(url: str, *, create: bool = True) -> ReplayStore:
             f"Cannot migrate the replay store at {description} (written by a newer "
             f"dispatchloop?): {exc}."
         ) from exc
-    return SqlReplayStore(engine, description)
+    return engine, description
 
 
 def _parse_url(url: str) -> URL:

@@ -1,32 +1,33 @@
-"""Model artifacts: safetensors weights, JSON metadata, ONNX for serving. No pickle anywhere.
+"""Model artifacts: safetensors weights, a model card, ONNX for serving. No pickle anywhere.
 
 A model directory holds:
 - `model.safetensors` — the weights (tensors only; loading cannot run code);
-- `metadata.json` — model id/version, FEATURIZER_VERSION, network spec, DQNConfig,
-  data window, scenario, metrics, sha256 of the weights and ONNX files, created_at;
+- `card.json` — the `ModelCard` (rl/card.py): model id, trainer, FEATURIZER_VERSION,
+  network spec, hyperparameters, data window, scenario, metrics, sha256 of every
+  file, created_at (directories written before the card have `metadata.json`,
+  which still loads);
 - `model.onnx` — the network for serving, inputs `candidates [batch, n, F_c]`
   (n dynamic), `context [batch, F_ctx]`, `mask [batch, n]` (bool), output
   `q_values [batch, n]`; verified against PyTorch with ONNX Runtime at save time.
 
-`save_model` writes into a temporary sibling directory and renames it into place,
-so a crash never leaves a half-written model under the final name. `load_model`
-refuses a file whose sha256 differs from the metadata, and features of another
+This module is the card's one writer (`save_model`) and, for loading weights, its
+one reader (`load_model`), both through rl/card.py. `save_model` writes into a
+temporary sibling directory, fsyncs every file and renames it into place, so a
+crash never leaves a half-written model under the final name. `load_model`
+refuses a file whose sha256 differs from the card, and features of another
 featurizer version.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -38,6 +39,19 @@ from dispatchloop.decisions.featurizer import (
     N_CANDIDATE_FEATURES,
     N_CONTEXT_FEATURES,
 )
+from dispatchloop.rl.card import (
+    CARD_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    CardDraft,
+    CardError,
+    ModelCard,
+    fsync_directory,
+    read_card,
+    scenario_fingerprint,
+    sha256_of,
+    write_card,
+)
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import (
     MASKED_Q,
@@ -47,10 +61,19 @@ from dispatchloop.rl.networks import (
     build_network,
 )
 
-WEIGHTS_FILE = "model.safetensors"
-METADATA_FILE = "metadata.json"
-ONNX_FILE = "model.onnx"
-ARTIFACT_FORMAT = 1
+__all__ = [
+    "CARD_FILE",
+    "ONNX_FILE",
+    "WEIGHTS_FILE",
+    "ArtifactError",
+    "LoadedModel",
+    "ModelArtifact",
+    "load_model",
+    "save_model",
+    "sha256_of",
+    "verify_model_files",
+]
+
 ONNX_TOLERANCE = 1e-5
 """Max |ONNX Runtime - PyTorch| on the check inputs, in units of the Q-values' scale
 (max(1, max |Q|)); beyond it the export is refused. An absolute 1e-5 is below float32
@@ -58,7 +81,7 @@ resolution once |Q| reaches ~100 (the spacing of float32 there is 7.6e-6), so tw
 correct float32 programs summing in another order differ by a few of those steps."""
 
 
-class ArtifactError(Exception):
+class ArtifactError(CardError):
     """A model directory is missing, tampered with, or incompatible."""
 
 
@@ -66,7 +89,7 @@ class ModelArtifact(NamedTuple):
     directory: Path
     model_id: str
     weights_path: Path
-    metadata_path: Path
+    card_path: Path
     onnx_path: Path | None
     sha256: str
 
@@ -74,120 +97,100 @@ class ModelArtifact(NamedTuple):
 class LoadedModel(NamedTuple):
     q_network: QNetwork
     config: DQNConfig
-    metadata: dict[str, Any]
+    card: ModelCard
     directory: Path
     onnx_path: Path | None
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_model(
     directory: Path,
     q_network: QNetwork,
     config: DQNConfig,
-    metadata: Mapping[str, Any],
+    draft: CardDraft | None = None,
     export_onnx: bool = True,
 ) -> ModelArtifact:
-    """Write weights, metadata and (optionally) a verified ONNX export; refuse to overwrite.
-
-    `metadata` may carry `model_version`, `data_window`, `scenario`, `metrics` and
-    anything else JSON-serialisable; it is stored as given next to the fixed fields.
-    """
+    """Write weights, the card and (optionally) a verified ONNX export; refuse to overwrite."""
     directory = Path(directory)
     if directory.exists():
         raise ArtifactError(f"model directory {str(directory)!r} already exists")
+    draft = draft or CardDraft()
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         q_network.eval()
         weights = {k: v.detach().contiguous() for k, v in q_network.state_dict().items()}
         save_file(weights, str(staging / WEIGHTS_FILE))
-        onnx_sha = None
+        files = {WEIGHTS_FILE: sha256_of(staging / WEIGHTS_FILE)}
         if export_onnx:
             export_onnx_model(q_network, staging / ONNX_FILE)
-            onnx_sha = sha256_of(staging / ONNX_FILE)
-        model_id = str(metadata.get("model_id") or uuid.uuid4().hex)
-        document = {
-            **metadata,
-            "artifact_format": ARTIFACT_FORMAT,
-            "model_id": model_id,
-            "model_version": metadata.get("model_version"),
-            "featurizer_version": FEATURIZER_VERSION,
-            "network": q_network.spec(),
-            "dqn_config": config.to_dict(),
-            "weights_file": WEIGHTS_FILE,
-            "weights_sha256": sha256_of(staging / WEIGHTS_FILE),
-            "onnx_file": ONNX_FILE if export_onnx else None,
-            "onnx_sha256": onnx_sha,
-            "created_at": datetime.now(UTC).isoformat(),
-        }
-        _write_json(staging / METADATA_FILE, document)
+            files[ONNX_FILE] = sha256_of(staging / ONNX_FILE)
+        for name in files:
+            _fsync_file(staging / name)
+        card = ModelCard(
+            **draft.model_dump(),
+            model_id=uuid.uuid4().hex,
+            featurizer_version=FEATURIZER_VERSION,
+            network=q_network.spec(),
+            hyperparameters=config.to_dict(),
+            scenario_fingerprint=scenario_fingerprint(draft.scenario),
+            onnx_file=ONNX_FILE if export_onnx else None,
+            files=files,
+            created_at=datetime.now(UTC),
+        )
+        write_card(staging, card)
         os.replace(staging, directory)
+        fsync_directory(directory.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ModelArtifact(
         directory,
-        model_id,
+        card.model_id,
         directory / WEIGHTS_FILE,
-        directory / METADATA_FILE,
+        directory / CARD_FILE,
         directory / ONNX_FILE if export_onnx else None,
-        str(document["weights_sha256"]),
+        card.weights_sha256,
     )
 
 
-def _write_json(path: Path, document: Mapping[str, Any]) -> None:
-    with path.open("w") as handle:
-        json.dump(document, handle, indent=2, sort_keys=True)
-        handle.flush()
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
         os.fsync(handle.fileno())
+
+
+def verify_model_files(directory: Path, card: ModelCard) -> None:
+    """Every file the card lists is present with its sha256, and the featurizer matches."""
+    for name, expected in sorted(card.files.items()):
+        _verify(directory / name, expected)
+    if card.network.get("kind") == CandidateQNetwork.kind and (
+        card.featurizer_version != FEATURIZER_VERSION
+    ):
+        raise ArtifactError(
+            f"model in {str(directory)!r} was trained on featurizer version "
+            f"{card.featurizer_version}, this code computes version {FEATURIZER_VERSION}"
+        )
 
 
 def load_model(directory: Path) -> LoadedModel:
     """Load a model directory after verifying hashes and the featurizer version."""
     directory = Path(directory)
-    metadata = _read_metadata(directory)
-    weights_path = directory / str(metadata.get("weights_file", WEIGHTS_FILE))
-    _verify(weights_path, metadata.get("weights_sha256"))
-    onnx_path = None
-    if metadata.get("onnx_file"):
-        onnx_path = directory / str(metadata["onnx_file"])
-        _verify(onnx_path, metadata.get("onnx_sha256"))
-    spec = metadata["network"]
-    if spec.get("kind") == CandidateQNetwork.kind and (
-        metadata.get("featurizer_version") != FEATURIZER_VERSION
-    ):
-        raise ArtifactError(
-            f"model in {str(directory)!r} was trained on featurizer version "
-            f"{metadata.get('featurizer_version')}, this code computes version {FEATURIZER_VERSION}"
-        )
     try:
-        network = build_network(spec)
+        card = read_card(directory)
+    except ArtifactError:
+        raise
+    except CardError as exc:
+        raise ArtifactError(str(exc)) from exc
+    verify_model_files(directory, card)
+    weights_path = directory / card.weights_file
+    onnx_path = directory / card.onnx_file if card.onnx_file else None
+    try:
+        network = build_network(dict(card.network))
         network.load_state_dict(load_file(str(weights_path)), strict=True)
-    except (ValueError, TypeError, RuntimeError) as exc:
+        config = DQNConfig.from_dict(dict(card.hyperparameters))
+    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
         raise ArtifactError(f"model in {str(directory)!r} cannot be rebuilt: {exc}") from exc
     network.eval()
-    config = DQNConfig.from_dict(metadata["dqn_config"])
-    return LoadedModel(network, config, metadata, directory, onnx_path)
-
-
-def _read_metadata(directory: Path) -> dict[str, Any]:
-    path = directory / METADATA_FILE
-    try:
-        document = json.loads(path.read_text())
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{str(path)!r} is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict) or "network" not in document:
-        raise ArtifactError(f"{str(path)!r} is not dispatchloop model metadata")
-    return document
+    return LoadedModel(network, config, card, directory, onnx_path)
 
 
 def _verify(path: Path, expected: object) -> None:
@@ -196,7 +199,7 @@ def _verify(path: Path, expected: object) -> None:
     actual = sha256_of(path)
     if actual != expected:
         raise ArtifactError(
-            f"sha256 of {str(path)!r} is {actual}, metadata says {expected}: "
+            f"sha256 of {str(path)!r} is {actual}, the card says {expected}: "
             "the file was changed or corrupted, refusing to load it"
         )
 

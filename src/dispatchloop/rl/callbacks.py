@@ -18,6 +18,7 @@ from typing import Any
 
 from dispatchloop.progress import Progress
 from dispatchloop.rl.artifacts import save_model
+from dispatchloop.rl.card import CardDraft
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import QNetwork
 from dispatchloop.rl.policy import DQNPolicy
@@ -131,7 +132,15 @@ class CheckpointCallback(_EveryN):
             target,
             ctx.q_network,
             ctx.config,
-            {"checkpoint": {"env_steps": ctx.env_steps, "gradient_steps": ctx.gradient_steps}},
+            CardDraft(
+                training={
+                    "mode": "checkpoint",
+                    "checkpoint": {
+                        "env_steps": ctx.env_steps,
+                        "gradient_steps": ctx.gradient_steps,
+                    },
+                }
+            ),
             export_onnx=False,
         )
         self.saved.append(target)

@@ -20,7 +20,7 @@ The algorithm is DAgger (Ross, Gordon & Bagnell, 2011), visible in
    labels the states the scorer itself reaches, and refit.
 
 The network's outputs are then scores whose argmax is the planner's choice,
-not Q-values: its metadata says `"mode": "distill"`, and nothing may read them
+not Q-values: its card says `"trainer": "distill"`, and nothing may read them
 as returns. A labelled decision is a Gymnasium step, so `env_steps` counts them.
 """
 

@@ -6,7 +6,7 @@ number of candidates is free: a model trained with 9 drivers serves 40. Masked
 rather than -inf, so sums, means and ONNX arithmetic never produce NaN.
 
 Every network can describe itself with `spec()` (plain JSON data stored in the
-model's metadata.json) and be rebuilt with `build_network(spec)`: weights live
+model's card.json) and be rebuilt with `build_network(spec)`: weights live
 in safetensors, never in a pickle.
 """
 
@@ -62,7 +62,7 @@ class QNetwork(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def spec(self) -> dict[str, Any]:
-        """Architecture as JSON data (kind and shape), stored in metadata.json."""
+        """Architecture as JSON data (kind and shape), stored in the model card."""
 
 
 class CandidateQNetwork(QNetwork):

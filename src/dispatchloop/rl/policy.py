@@ -215,6 +215,6 @@ def load_logging_policy(directory: Path) -> LoggingPolicy:
         loaded = load_model(directory)
     except ArtifactError as exc:
         raise ValueError(str(exc)) from exc
-    meta = loaded.metadata
-    version = meta.get("model_version") or meta.get("model_id") or directory.name
+    card = loaded.card
+    version = card.version or card.model_version or card.model_id or directory.name
     return LoggingPolicy(DQNPolicy(loaded.q_network), "dqn", str(version))

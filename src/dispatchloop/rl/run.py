@@ -33,6 +33,7 @@ from dispatchloop.replay.base import ReplayStore, StoreUnavailableError, TimeWin
 from dispatchloop.replay.engine import open_store
 from dispatchloop.rl.artifacts import ModelArtifact, save_model
 from dispatchloop.rl.callbacks import ProgressCallback
+from dispatchloop.rl.card import CardDraft, DataWindow
 from dispatchloop.rl.distill import DistillConfig, train_distilled
 from dispatchloop.rl.dqn import TrainResult, train_dispatch, train_gym, train_offline
 from dispatchloop.rl.hyperparams import DQNConfig
@@ -98,7 +99,15 @@ def run_training(
         "wall_seconds": result.wall_seconds,
         **meta.pop("metrics", {}),
     }
-    artifact = save_model(request.out, result.q_network, config, {**meta, "metrics": metrics})
+    training = meta["training"]
+    draft = CardDraft(
+        trainer="distill" if training["mode"] == "distill" else "dqn",
+        training=training,
+        scenario=meta.get("scenario"),
+        data_window=meta.get("data_window"),
+        metrics=metrics,
+    )
+    artifact = save_model(request.out, result.q_network, config, draft)
     return _summary(artifact, result, meta)
 
 
@@ -161,19 +170,19 @@ def _train_dispatch(
     settings: Settings, config: DQNConfig, request: TrainRequest, show_progress: bool | None
 ) -> tuple[TrainResult, dict[str, Any]]:
     scenario, window = _scenario(settings, request)
-    meta = {
-        "scenario": scenario.to_dict(),
-        "data_window": {"start": window.start, "end": window.end},
-    }
+    meta: dict[str, Any] = {"scenario": scenario.to_dict()}
+    if request.scenario == "store":
+        meta["data_window"] = DataWindow(start=window.start, end=window.end)
     if request.distill:
         distilled, how = _distill(settings, config, request, scenario, show_progress)
         return distilled, {"training": how, **meta}
     training: dict[str, Any] = {"mode": "sim", "seed": request.seed, "scenario": request.scenario}
     init_from, offline = None, None
     if request.from_store:
-        offline = _pretrain_offline(
+        offline, transitions = _pretrain_offline(
             settings, config, request, show_progress, scenario.arrays.demand
         )
+        meta["data_window"] = DataWindow(start=window.start, end=window.end, events=transitions)
         init_from = offline.q_network
         training.update(
             mode="offline+sim", offline_gradient_steps=offline.gradient_steps, data_window="all"
@@ -236,8 +245,9 @@ def _pretrain_offline(
     request: TrainRequest,
     show_progress: bool | None,
     demand: DemandMap,
-) -> TrainResult:
-    """Offline DQN on the store's transitions, featurized on the training world's demand map."""
+) -> tuple[TrainResult, int]:
+    """Offline DQN on the store's transitions (and how many), featurized on the training
+    world's demand map."""
     with _store(settings) as store:
         dataset = LoggedDataset.from_store(store, TimeWindow(), settings.reward, demand)
     if len(dataset) == 0:
@@ -250,4 +260,5 @@ def _pretrain_offline(
     )
     steps = request.steps or DEFAULT_OFFLINE_STEPS
     with progress("train offline (logged)", steps, show_bar=show_progress) as bar:
-        return train_offline(config, dataset, steps, request.seed, [ProgressCallback(bar)])
+        result = train_offline(config, dataset, steps, request.seed, [ProgressCallback(bar)])
+    return result, len(dataset)

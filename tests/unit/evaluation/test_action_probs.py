@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from dispatchloop.rl.card import scenario_fingerprint
 from dispatchloop.rl.networks import CandidateQNetwork
 from dispatchloop.rl.policy import DQNPolicy, SoftmaxPolicy
 from dispatchloop.settings import RewardSettings
@@ -76,3 +77,5 @@ def test_scenario_fingerprint_is_stable_and_sensitive() -> None:
     assert WORLD.fingerprint() == same.fingerprint()
     assert WORLD.fingerprint() != other.fingerprint()
     assert len(WORLD.fingerprint()) == 64
+    # The same hash a model card records for the scenario it was trained in.
+    assert WORLD.fingerprint() == scenario_fingerprint(WORLD.to_dict())

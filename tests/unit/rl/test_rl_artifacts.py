@@ -22,6 +22,7 @@ from dispatchloop.rl.artifacts import (
     save_model,
     verify_onnx,
 )
+from dispatchloop.rl.card import CardDraft
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import CandidateQNetwork, FlatQNetwork
 
@@ -45,22 +46,23 @@ def _inputs(batch: int, n: int, seed: int = 5) -> dict[str, np.ndarray]:
     }
 
 
-def test_round_trip_keeps_weights_config_and_metadata(
+def test_round_trip_keeps_weights_config_and_card(
     tmp_path: Path, network: CandidateQNetwork
 ) -> None:
     artifact = save_model(
         tmp_path / "m1",
         network,
         CONFIG,
-        {"model_version": "v1", "metrics": {"sim_return": -100.5}, "scenario": {"n_drivers": 9}},
+        CardDraft(model_version="v1", metrics={"sim_return": -100.5}, scenario={"n_drivers": 9}),
     )
     loaded = load_model(artifact.directory)
     assert loaded.config == CONFIG
-    meta = loaded.metadata
-    assert meta["model_version"] == "v1" and meta["metrics"] == {"sim_return": -100.5}
-    assert meta["featurizer_version"] == FEATURIZER_VERSION
-    assert meta["weights_sha256"] == artifact.sha256 and len(artifact.sha256) == 64
-    assert meta["network"] == network.spec() and meta["created_at"]
+    card = loaded.card
+    assert card.model_version == "v1" and card.metrics == {"sim_return": -100.5}
+    assert card.featurizer_version == FEATURIZER_VERSION
+    assert card.weights_sha256 == artifact.sha256 and len(artifact.sha256) == 64
+    assert card.network == network.spec() and card.created_at.tzinfo is not None
+    assert card.scenario_fingerprint is not None and len(card.scenario_fingerprint) == 64
     inputs = {k: torch.from_numpy(v) for k, v in _inputs(3, 12).items()}
     torch.testing.assert_close(loaded.q_network(*inputs.values()), network(*inputs.values()))
     assert not list(tmp_path.glob(".m1.*")), "the staging directory must be gone"
@@ -69,7 +71,7 @@ def test_round_trip_keeps_weights_config_and_metadata(
 def test_onnx_matches_pytorch_for_9_and_40_candidates(
     tmp_path: Path, network: CandidateQNetwork
 ) -> None:
-    artifact = save_model(tmp_path / "m", network, CONFIG, {})
+    artifact = save_model(tmp_path / "m", network, CONFIG)
     assert artifact.onnx_path is not None
     session = ort.InferenceSession(str(artifact.onnx_path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["candidates", "context", "mask"]
@@ -94,7 +96,7 @@ def test_onnx_check_holds_at_dispatch_scale_q_values(tmp_path: Path) -> None:
         for layer in layers:
             layer.weight.mul_(4.0)
         layers[-1].bias.fill_(-150.0)
-    artifact = save_model(tmp_path / "big", network, CONFIG, {})
+    artifact = save_model(tmp_path / "big", network, CONFIG)
     assert artifact.onnx_path is not None
     inputs = _inputs(4, 40)
     session = ort.InferenceSession(str(artifact.onnx_path), providers=["CPUExecutionProvider"])
@@ -118,13 +120,13 @@ def test_onnx_check_refuses_an_export_of_another_network(tmp_path: Path) -> None
 
 def test_flat_network_round_trip(tmp_path: Path) -> None:
     net = FlatQNetwork(4, 2, 16, 2)
-    loaded = load_model(save_model(tmp_path / "flat", net, CONFIG, {}).directory)
+    loaded = load_model(save_model(tmp_path / "flat", net, CONFIG).directory)
     x = torch.randn(5, 4)
     torch.testing.assert_close(loaded.q_network(x), net(x))
 
 
 def test_tampered_weights_are_refused(tmp_path: Path, network: CandidateQNetwork) -> None:
-    artifact = save_model(tmp_path / "m", network, CONFIG, {})
+    artifact = save_model(tmp_path / "m", network, CONFIG)
     data = bytearray(artifact.weights_path.read_bytes())
     data[-1] ^= 0x01
     artifact.weights_path.write_bytes(bytes(data))
@@ -133,7 +135,7 @@ def test_tampered_weights_are_refused(tmp_path: Path, network: CandidateQNetwork
 
 
 def test_tampered_onnx_is_refused(tmp_path: Path, network: CandidateQNetwork) -> None:
-    artifact = save_model(tmp_path / "m", network, CONFIG, {})
+    artifact = save_model(tmp_path / "m", network, CONFIG)
     assert artifact.onnx_path is not None
     artifact.onnx_path.write_bytes(artifact.onnx_path.read_bytes() + b"\0")
     with pytest.raises(ArtifactError, match="sha256"):
@@ -141,29 +143,29 @@ def test_tampered_onnx_is_refused(tmp_path: Path, network: CandidateQNetwork) ->
 
 
 def test_other_featurizer_version_is_refused(tmp_path: Path, network: CandidateQNetwork) -> None:
-    artifact = save_model(tmp_path / "m", network, CONFIG, {}, export_onnx=False)
-    meta = json.loads(artifact.metadata_path.read_text())
+    artifact = save_model(tmp_path / "m", network, CONFIG, export_onnx=False)
+    meta = json.loads(artifact.card_path.read_text())
     meta["featurizer_version"] = FEATURIZER_VERSION + 1
-    artifact.metadata_path.write_text(json.dumps(meta))
+    artifact.card_path.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="featurizer version"):
         load_model(artifact.directory)
 
 
 def test_existing_directory_is_not_overwritten(tmp_path: Path, network: CandidateQNetwork) -> None:
-    save_model(tmp_path / "m", network, CONFIG, {}, export_onnx=False)
+    save_model(tmp_path / "m", network, CONFIG, export_onnx=False)
     with pytest.raises(ArtifactError, match="already exists"):
-        save_model(tmp_path / "m", network, CONFIG, {}, export_onnx=False)
+        save_model(tmp_path / "m", network, CONFIG, export_onnx=False)
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="cannot read"):
+    with pytest.raises(ArtifactError, match="not a model directory"):
         load_model(tmp_path / "nothing")
 
 
 def test_no_pickle_in_the_artifact(tmp_path: Path, network: CandidateQNetwork) -> None:
-    artifact = save_model(tmp_path / "m", network, CONFIG, {})
+    artifact = save_model(tmp_path / "m", network, CONFIG)
     names = sorted(p.name for p in artifact.directory.iterdir())
-    assert names == ["metadata.json", "model.onnx", "model.safetensors"]
+    assert names == ["card.json", "model.onnx", "model.safetensors"]
     assert not artifact.weights_path.read_bytes().startswith(b"\x80")  # pickle protocol marker
 
 
@@ -178,5 +180,43 @@ def test_a_failed_save_leaves_nothing_behind(
 
     monkeypatch.setattr(artifacts, "verify_onnx", broken)
     with pytest.raises(ArtifactError, match="differs"):
-        save_model(tmp_path / "m", network, CONFIG, {})
+        save_model(tmp_path / "m", network, CONFIG)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_format_1_directory_still_loads(tmp_path: Path, network: CandidateQNetwork) -> None:
+    """Directories written before the card (metadata.json) load, with their lineage kept."""
+    artifact = save_model(tmp_path / "new", network, CONFIG, export_onnx=False)
+    legacy = tmp_path / "old"
+    legacy.mkdir()
+    (legacy / "model.safetensors").write_bytes(artifact.weights_path.read_bytes())
+    document = {
+        "artifact_format": 1,
+        "model_id": "abc",
+        "model_version": "demo",
+        "featurizer_version": FEATURIZER_VERSION,
+        "network": network.spec(),
+        "dqn_config": CONFIG.to_dict(),
+        "weights_file": "model.safetensors",
+        "weights_sha256": artifact.sha256,
+        "onnx_file": None,
+        "onnx_sha256": None,
+        "created_at": "2026-11-20T10:00:00+00:00",
+        "training": {"mode": "distill"},
+        "checkpoint": {"env_steps": 5},
+    }
+    (legacy / "metadata.json").write_text(json.dumps(document))
+    loaded = load_model(legacy)
+    assert loaded.card.model_id == "abc" and loaded.card.trainer == "distill"
+    assert loaded.card.training["checkpoint"] == {"env_steps": 5}
+    assert loaded.card.files == {"model.safetensors": artifact.sha256}
+    assert loaded.config == CONFIG
+
+
+def test_a_card_with_an_unknown_key_is_refused(tmp_path: Path, network: CandidateQNetwork) -> None:
+    artifact = save_model(tmp_path / "m", network, CONFIG, export_onnx=False)
+    document = json.loads(artifact.card_path.read_text())
+    document["surprise"] = 1
+    artifact.card_path.write_text(json.dumps(document))
+    with pytest.raises(ArtifactError, match="surprise"):
+        load_model(artifact.directory)

@@ -10,6 +10,7 @@ import torch
 
 from dispatchloop.events import DispatchOutcomeEvent, parse_outcome
 from dispatchloop.rl.artifacts import save_model
+from dispatchloop.rl.card import CardDraft
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import CandidateQNetwork
 from dispatchloop.rl.policy import load_logging_policy
@@ -23,7 +24,9 @@ def model_dir(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     directory = tmp_path / "model"
     network = CandidateQNetwork(16, 1)
-    save_model(directory, network, DQNConfig(), {"model_version": "v-test"}, export_onnx=False)
+    save_model(
+        directory, network, DQNConfig(), CardDraft(model_version="v-test"), export_onnx=False
+    )
     return directory
 
 
