@@ -217,6 +217,40 @@ class ServingSettings(_Section):
     follow: bool = Field(True, description="Follow dispatch.models (else: registry at start only).")
 
 
+class GateSettings(_Section):
+    """Thresholds of the promotion gate (evaluation/gate.py): what a candidate must show.
+
+    The paired simulator test and the guardrails compare candidate minus champion on
+    the same TEST episodes; the off-policy gates use the logged events. Every margin is
+    in the unit of its figure (reward per episode, a rate, minutes, km per episode).
+    """
+
+    confidence: float = Field(0.99, gt=0.5, lt=1.0)
+    """Simultaneous confidence of the paired intervals over all looks (two-sided)."""
+    reward_margin: float = Field(0.0, ge=0.0)
+    """The candidate's paired lower bound on mean reward per episode must exceed this."""
+    looks: int = Field(5, ge=1, le=10)
+    """Interim analyses of the sequential design (equally spaced in episodes)."""
+    max_episodes: int = Field(2_000, ge=20, le=200_000)
+    """Paired TEST episodes at the last look."""
+    late_rate_margin: float = Field(0.005, ge=0.0)
+    """Largest tolerated rise of the late rate (share of bookings)."""
+    cancel_rate_margin: float = Field(0.005, ge=0.0)
+    """Largest tolerated rise of the cancellation rate (share of bookings)."""
+    pickup_delay_margin_min: float = Field(0.5, ge=0.0)
+    """Largest tolerated rise of the mean pickup delay, in minutes."""
+    empty_km_margin: float = Field(2.0, ge=0.0)
+    """Largest tolerated rise of empty kilometres per episode."""
+    ope_min_ess: float = Field(200.0, ge=1.0)
+    """Below this Kish effective sample size the off-policy gates are undecided."""
+    ope_max_top_share: float = Field(0.5, gt=0.0, le=1.0)
+    """Above this share of the weight in the top 1 % of decisions they are undecided."""
+    ope_max_unsupported: float = Field(0.05, ge=0.0, le=1.0)
+    """Above this share of the target's probability on never-logged actions: undecided."""
+    ope_bootstrap: int = Field(2_000, ge=100, le=100_000)
+    """Bootstrap resamples (whole episodes) of the off-policy intervals."""
+
+
 class Settings(BaseSettings):
     """Everything dispatchloop can be told. Build it with `load_settings`."""
 
@@ -241,6 +275,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
 

@@ -17,6 +17,7 @@ from dispatchloop.cli import (  # noqa: F401 - importing a group registers its c
     config,
     demo,
     evaluate,
+    gate,
     ingest,
     models,
     serve,

@@ -42,7 +42,7 @@ def run_evaluation(
         specs = with_default_baseline(specs, baseline, "random")
         request = EvaluationRequest(tuple(specs), baseline or "random", episodes, seed)
         return evaluate_gym(request, env_id, show_bar=show_bar)
-    source = _scenario_source(scenario)
+    source = scenario_source(scenario)
     specs = parse_policies((policies or DEFAULT_POLICIES).split(","), BASELINES)
     specs = with_default_baseline(specs, baseline, "greedy")
     request = EvaluationRequest(tuple(specs), baseline or "greedy", episodes, seed)
@@ -63,7 +63,7 @@ def with_default_baseline(
     return [PolicySpec(default), *specs]
 
 
-def _scenario_source(value: str) -> ScenarioSource:
+def scenario_source(value: str) -> ScenarioSource:
     choices: tuple[ScenarioSource, ...] = get_args(ScenarioSource)
     for choice in choices:
         if value == choice:

@@ -73,6 +73,8 @@ class LoggedDataset:
     """Transitions left out because they had more candidates than max_candidates."""
     gaps: int = 0
     """Transitions left out because the next logged step is missing (unknown s')."""
+    episode_ids: tuple[str, ...] = ()
+    """`episode_id` of each row (off-policy intervals resample whole episodes)."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -148,6 +150,7 @@ class LoggedDataset:
             dones=np.array([float(row.done) for row in rows], np.float32),
             propensities=np.array([row.propensity for row in rows], np.float64),
             event_ids=tuple(row.event_id for row in rows),
+            episode_ids=tuple(row.episode_id for row in rows),
             max_candidates=width,
             skipped=skipped,
             gaps=gaps,
@@ -174,6 +177,7 @@ class _Row:
     done: bool
     propensity: float
     event_id: str
+    episode_id: str
 
     @property
     def width(self) -> int:
@@ -195,4 +199,5 @@ class _Row:
             done=done,
             propensity=float("nan") if propensity is None else propensity,
             event_id=str(event.event_id),
+            episode_id=event.episode_id,
         )

@@ -41,6 +41,35 @@ class Policy(Protocol):
         """Chosen driver per row of stacked observations (leading axis = envs)."""
 
 
+@runtime_checkable
+class ProbabilisticPolicy(Policy, Protocol):
+    """A policy that can say how likely each driver is: the base of every off-policy estimator.
+
+    The planners cannot (their choice depends on the whole episode), so they are
+    `Policy` only, and off-policy estimation refuses them.
+    """
+
+    def action_probs(self, obs: Observation) -> NDArray[np.float64]:
+        """(B, n) probabilities of choosing each driver for stacked observations.
+
+        Exact, not sampled: rows sum to 1 over eligible drivers and are 0 elsewhere.
+        A row the policy cannot score (e.g. NaN weights) is NaN, never a guess.
+        """
+
+
+def one_hot(actions: NDArray[np.int64], width: int) -> NDArray[np.float64]:
+    """(B, width) rows with a 1 at each action: the probabilities of a deterministic policy."""
+    probs = np.zeros((len(actions), width), dtype=np.float64)
+    probs[np.arange(len(actions)), actions] = 1.0
+    return probs
+
+
+def uniform_over_eligible(obs: Observation) -> NDArray[np.float64]:
+    """(B, n) uniform probabilities over each row's eligible drivers."""
+    mask = np.asarray(obs["action_mask"]).astype(np.float64)
+    return np.asarray(mask / mask.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
 class RandomPolicy:
     """Uniform among eligible drivers; seeded, so a run can be repeated."""
 
@@ -60,10 +89,9 @@ class RandomPolicy:
         scores = np.where(mask, self._rng.random(mask.shape), -1.0)
         return np.asarray(scores.argmax(axis=1), dtype=np.int64)
 
-    def probabilities(self, obs: Observation) -> NDArray[np.float64]:
-        """The chance of each driver (the propensity logged with an event)."""
-        mask = obs["action_mask"].astype(np.float64)
-        return np.asarray(mask / mask.sum(), dtype=np.float64)
+    def action_probs(self, obs: Observation) -> NDArray[np.float64]:
+        """Uniform over eligible drivers (the propensity logged with an event)."""
+        return uniform_over_eligible(obs)
 
 
 class GreedyPolicy:
@@ -90,6 +118,44 @@ class GreedyPolicy:
         eta = obs["candidates"][..., ETA_COLUMN]
         masked = np.where(obs["action_mask"].astype(bool), eta, np.inf)
         return np.asarray(masked.argmin(axis=1), dtype=np.int64)
+
+    def action_probs(self, obs: Observation) -> NDArray[np.float64]:
+        """One-hot over the chosen driver (deterministic; ties go to the lower index)."""
+        return one_hot(self.act_batch(obs), np.asarray(obs["action_mask"]).shape[1])
+
+
+class EpsilonGreedyPolicy:
+    """With probability `epsilon` a uniformly random eligible driver, else the base's choice.
+
+    What a dispatch system logs with (exploration keeps every driver's propensity
+    above zero) and how a candidate is made worse by construction (sabotage tests):
+    its `action_probs` are exact, (1 - epsilon) * base + epsilon * uniform(eligible).
+    """
+
+    def __init__(self, base: ProbabilisticPolicy, epsilon: float, seed: int = 0) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be within [0, 1], got {epsilon}")
+        self.base = base
+        self.epsilon = epsilon
+        self.name = f"{base.name}-eps{epsilon:g}"
+        self._rng = np.random.default_rng([seed, 2])
+
+    def begin_episode(self, plan: EpisodePlan) -> None:
+        self.base.begin_episode(plan)
+
+    def act(self, obs: Observation) -> int:
+        return int(self.act_batch({key: np.asarray(value)[None] for key, value in obs.items()})[0])
+
+    def act_batch(self, obs: Observation) -> NDArray[np.int64]:
+        chosen = self.base.act_batch(obs)
+        mask = np.asarray(obs["action_mask"]).astype(bool)
+        explore = self._rng.random(len(chosen)) < self.epsilon
+        scores = np.where(mask, self._rng.random(mask.shape), -1.0)
+        return np.asarray(np.where(explore, scores.argmax(axis=1), chosen), dtype=np.int64)
+
+    def action_probs(self, obs: Observation) -> NDArray[np.float64]:
+        base = self.base.action_probs(obs)
+        return (1.0 - self.epsilon) * base + self.epsilon * uniform_over_eligible(obs)
 
 
 def masked_choice_is_valid(obs: Observation, actions: NDArray[np.int64]) -> bool:

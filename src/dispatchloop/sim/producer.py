@@ -30,7 +30,7 @@ from dispatchloop.progress import progress
 from dispatchloop.settings import KafkaSettings, RewardSettings, Settings
 from dispatchloop.sim.dynamics import EpisodePlan
 from dispatchloop.sim.env import DispatchEnv
-from dispatchloop.sim.policies import NAMED_POLICIES, LoggingPolicy, Policy
+from dispatchloop.sim.policies import NAMED_POLICIES, LoggingPolicy, Policy, ProbabilisticPolicy
 from dispatchloop.sim.scenario import Scenario
 
 logger = logging.getLogger(__name__)
@@ -159,9 +159,8 @@ def _choose(
     """Epsilon-greedy over eligible drivers; returns the action and its probability."""
     proposed = policy.act(obs)
     mask = obs["action_mask"].astype(bool)
-    probabilities = getattr(policy, "probabilities", None)
-    if probabilities is not None:
-        base = np.asarray(probabilities(obs), dtype=np.float64)
+    if isinstance(policy, ProbabilisticPolicy):
+        base = policy.action_probs({key: np.asarray(value)[None] for key, value in obs.items()})[0]
     else:
         base = np.zeros(len(mask))
         base[proposed] = 1.0

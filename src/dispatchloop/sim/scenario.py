@@ -15,6 +15,7 @@ a 24/7 operation with 8-hour shifts keeps the load of 8 hours per episode.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -194,6 +195,15 @@ class Scenario:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
+
+    def fingerprint(self) -> str:
+        """sha256 of the parameters (canonical JSON): same fingerprint, same world.
+
+        Decision records carry it, so a verdict can be traced to the exact world it
+        was reached in; floats are written by `repr`, so equal parameters hash equal.
+        """
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     @classmethod
     def from_json_file(cls, path: Path) -> Scenario:

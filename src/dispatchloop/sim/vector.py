@@ -29,6 +29,7 @@ from dispatchloop.sim.dynamics import (
     FleetState,
     apply_decisions,
     draw_uniforms,
+    outcomes_of,
     plans_from_uniforms,
     rewards_of,
     situation_batch,
@@ -109,6 +110,31 @@ class VecDispatchEnv:
         if terminated.any():
             self._restart(np.flatnonzero(terminated))
         return self._observe(), rewards, terminated, infos
+
+    def preview_rewards(self) -> NDArray[np.float64]:
+        """(num_envs, n_drivers) reward of giving each env's current booking to each driver.
+
+        Nothing is applied: the outcome is a pure function of the plan (its
+        cancellation dice included) and the fleet, so this is the exact
+        counterfactual reward of every action, the ground truth that off-policy
+        estimators are checked against. Ineligible drivers get a value too; mask it.
+        """
+        plans, state = self._require()
+        drivers = self.scenario.n_drivers
+        rows = np.repeat(np.arange(self.num_envs), drivers)
+        step = np.repeat(self._step, drivers)
+        who = np.tile(np.arange(drivers), self.num_envs)
+        out = outcomes_of(
+            self.scenario,
+            plans,
+            rows,
+            step,
+            free_s=state.free_s[rows, who],
+            lat=state.lat[rows, who],
+            lon=state.lon[rows, who],
+        )
+        rewards = rewards_of(out, plans.priority[rows, step], self.reward_settings)
+        return rewards.reshape(self.num_envs, drivers)
 
     def close(self) -> None:
         """Nothing to release (no processes, no files); here for gymnasium-style callers."""
