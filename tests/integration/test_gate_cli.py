@@ -134,3 +134,50 @@ def test_evaluate_ope_shows_every_estimator_against_the_logs(
     # Random is far worse than the greedy the logs mostly follow, by every estimator.
     for key in ("ips", "snips", "dr"):
         assert rows["random"][f"{key}_vs_baseline"]["ci"][1] < 0
+
+
+def test_gate_on_a_registry_version_stores_its_record_and_promote_honours_it(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """`gate --candidate v1` resolves the version through the registry and keeps the record
+    with it; `models promote v1` then accepts or refuses by that record's verdict."""
+    _fill_store(sqlite_url, 1_500, epsilon=0.2)
+    model = _model(tmp_path / "untrained", nan=False)
+    registered = _run(tmp_path, "models", "register", str(model), "--json", store_url=sqlite_url)
+    assert registered.returncode == 0, registered.stderr
+    version = json.loads(registered.stdout)["version"]
+
+    gate = _run(
+        tmp_path,
+        "gate",
+        "--candidate",
+        version,
+        "--champion",
+        "greedy",
+        "--json",
+        store_url=sqlite_url,
+    )
+    assert gate.returncode in (0, 3, 4), gate.stderr
+    record = DecisionRecord.model_validate_json(gate.stdout)
+    assert record.candidate == version
+    assert f"decision record stored with {version}" in gate.stderr
+
+    shown = _run(tmp_path, "models", "show", version, "--json", store_url=sqlite_url)
+    assert shown.returncode == 0, shown.stderr
+    assert record.record_id in shown.stdout
+
+    promote = _run(tmp_path, "models", "promote", version, "--json", store_url=sqlite_url)
+    if record.verdict == "promote":
+        assert promote.returncode == 0, promote.stderr
+    else:  # an untrained network should not pass; refused in one sentence, exit 2
+        assert promote.returncode == 2
+        assert "decision record" in promote.stderr.strip().splitlines()[-1]
+
+
+def test_gate_names_an_unknown_version_in_one_sentence(tmp_path: Path, sqlite_url: str) -> None:
+    result = _run(
+        tmp_path, "gate", "--candidate", "v99", "--champion", "greedy", store_url=sqlite_url
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]  # the lines before are JSON logs
+    assert last == "dispatchloop: configuration error: there is no version 'v99' in the registry."

@@ -75,7 +75,8 @@ def crash_checkpoint(spec: str | None) -> Callable[[str], None]:
 
 
 @contextmanager
-def _registry(settings: Settings, root: Path | None) -> Iterator[Any]:
+def registry_of(settings: Settings, root: Path | None = None) -> Iterator[Any]:
+    """The registry in the store database; an unreachable store is exit 2 in one sentence."""
     from dispatchloop.registry import open_registry  # noqa: PLC0415 - keep --help fast
     from dispatchloop.replay import StoreUnavailableError  # noqa: PLC0415
 
@@ -135,7 +136,7 @@ def list_models(
     as_json: JsonOption = False,
 ) -> None:
     """Versions, and the aliases a scope is served (a company falls back to *)."""
-    with _registry(settings_of(ctx), registry_root) as registry:
+    with registry_of(settings_of(ctx), registry_root) as registry:
         resolved = {
             name: registry.resolve(name, company=scope) for name in ("champion", "challenger")
         }
@@ -180,7 +181,7 @@ def show(
     """The card, the verification result and the decision records of one version."""
     from dispatchloop.registry import VersionIntegrityError  # noqa: PLC0415
 
-    with _registry(settings_of(ctx), registry_root) as registry:
+    with registry_of(settings_of(ctx), registry_root) as registry:
         version = registry.get(ref, company=None if scope == ALL_COMPANIES else scope)
         try:
             report = registry.verify(version.version)
@@ -216,7 +217,7 @@ def register(
     as_json: JsonOption = False,
 ) -> None:
     """Copy a verified model directory into the registry as a new immutable version."""
-    with _registry(settings_of(ctx), registry_root) as registry:
+    with registry_of(settings_of(ctx), registry_root) as registry:
         before = {v.version for v in registry.list_versions()}
         version = registry.register(model_dir, actor=_actor(actor))
     data = {
@@ -256,7 +257,7 @@ def promote(  # noqa: PLR0917 - Typer maps one parameter per option
     if force and not (reason or "").strip():
         raise fail_config("--force needs --reason TEXT (recorded in the history).")
     settings = settings_of(ctx)
-    with _registry(settings, registry_root) as registry:
+    with registry_of(settings, registry_root) as registry:
         move = registry.promote(
             version, actor=_actor(actor), reason=reason or "decision record passed",
             alias=_alias(alias), scope=scope, traffic_share=traffic_share, force=force,
@@ -279,7 +280,7 @@ def rollback(  # noqa: PLR0917 - Typer maps one parameter per option
     if not reason.strip():
         raise fail_config("--reason must not be empty.")
     settings = settings_of(ctx)
-    with _registry(settings, registry_root) as registry:
+    with registry_of(settings, registry_root) as registry:
         move = registry.rollback(_alias(alias), actor=_actor(actor), reason=reason, scope=scope)
         backlog = _publish(settings, registry, settings.registry.publish_timeout_s)
     _report_move(move, backlog, as_json)
@@ -312,7 +313,7 @@ def history(  # noqa: PLR0917 - Typer maps one parameter per option
     if at is not None:
         _serving_at(ctx, at, alias=alias, scope=scope, registry_root=registry_root, as_json=as_json)
         return
-    with _registry(settings_of(ctx), registry_root) as registry:
+    with registry_of(settings_of(ctx), registry_root) as registry:
         entries = registry.history(None if alias is None else _alias(alias), scope=scope)
     if as_json:
         _echo_json([entry.model_dump(mode="json") for entry in entries])
@@ -339,7 +340,7 @@ def _serving_at(
     names: list[AliasName] = ["champion", "challenger"] if alias is None else [_alias(alias)]
     company = None if scope == ALL_COMPANIES else scope
     found: dict[str, Any] = {}
-    with _registry(settings_of(ctx), registry_root) as registry:
+    with registry_of(settings_of(ctx), registry_root) as registry:
         for name in names:
             entry = registry.serving_at(name, moment, company=company)
             records = [] if entry is None else registry.decisions(entry.to_version)
@@ -377,7 +378,7 @@ def publish(
 ) -> None:
     """Publish queued promotion events to the models topic (exit 1 if some stay queued)."""
     settings = settings_of(ctx)
-    with _registry(settings, registry_root) as registry:
+    with registry_of(settings, registry_root) as registry:
         if follow:
             _follow(settings, registry)
         backlog = _publish(settings, registry, timeout or settings.registry.publish_timeout_s)
