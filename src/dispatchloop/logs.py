@@ -64,3 +64,8 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     logging.getLogger("kafka").setLevel(
         max(logging.getLevelName(settings.log_level), logging.ERROR)
     )
+    # Alembic narrates every migration check at INFO each time a command opens the store;
+    # an operator needs to hear only when something is wrong.
+    logging.getLogger("alembic").setLevel(
+        max(logging.getLevelName(settings.log_level), logging.WARNING)
+    )

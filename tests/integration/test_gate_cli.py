@@ -179,5 +179,6 @@ def test_gate_names_an_unknown_version_in_one_sentence(tmp_path: Path, sqlite_ur
         tmp_path, "gate", "--candidate", "v99", "--champion", "greedy", store_url=sqlite_url
     )
     assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]  # the lines before are JSON logs
-    assert last == "dispatchloop: configuration error: there is no version 'v99' in the registry."
+    assert result.stderr == (
+        "dispatchloop: configuration error: there is no version 'v99' in the registry.\n"
+    )
