@@ -140,6 +140,7 @@ def ingest(
         "duplicates": totals.duplicates,
         "dead_letters": totals.dead_letters,
         "partitions": sorted(totals.partitions),
+        "unresolved": totals.unresolved,
     }
     if as_json:
         typer.echo(json.dumps(summary))
@@ -148,6 +149,13 @@ def ingest(
             f"processed {totals.processed}: stored {totals.stored}, "
             f"duplicates {totals.duplicates}, dead letters {totals.dead_letters}"
         )
+    if totals.unresolved:
+        typer.echo(
+            f"dispatchloop: stopped with {totals.unresolved} records neither stored nor "
+            "dead-lettered (not committed; the next run reads them again).",
+            err=True,
+        )
+        raise typer.Exit(EXIT_FAILURE)
 
 
 # --- simulator commands (sim/) ---

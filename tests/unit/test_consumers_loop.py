@@ -96,9 +96,10 @@ class FakeConsumer:
 
 
 class FakeFuture:
-    def __init__(self, ok: bool) -> None:
+    def __init__(self, ok: bool, exception: Exception | None = None) -> None:
         self.is_done = True
         self.ok = ok
+        self.exception = None if ok else exception or KafkaTimeoutError("no ack")
 
     def succeeded(self) -> bool:
         return self.ok

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnxruntime as ort
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dispatchloop.decisions.featurizer import (
@@ -150,7 +151,12 @@ def _write_json(path: Path, document: Mapping[str, Any]) -> None:
 
 
 def load_model(directory: Path) -> LoadedModel:
-    """Load a model directory after verifying hashes and the featurizer version."""
+    """Load a model directory after verifying hashes and the featurizer version.
+
+    Every refusal is an ArtifactError with one sentence, whatever is wrong with the
+    files (the CLI turns it into exit 2): a file with the right sha256 can still be
+    something other than safetensors, and metadata can hold anything JSON can.
+    """
     directory = Path(directory)
     metadata = _read_metadata(directory)
     weights_path = directory / str(metadata.get("weights_file", WEIGHTS_FILE))
@@ -160,6 +166,8 @@ def load_model(directory: Path) -> LoadedModel:
         onnx_path = directory / str(metadata["onnx_file"])
         _verify(onnx_path, metadata.get("onnx_sha256"))
     spec = metadata["network"]
+    if not isinstance(spec, dict) or not isinstance(metadata.get("dqn_config"), dict):
+        raise ArtifactError(f"{str(directory / METADATA_FILE)!r} lacks a network or dqn_config")
     if spec.get("kind") == CandidateQNetwork.kind and (
         metadata.get("featurizer_version") != FEATURIZER_VERSION
     ):
@@ -170,11 +178,18 @@ def load_model(directory: Path) -> LoadedModel:
     try:
         network = build_network(spec)
         network.load_state_dict(load_file(str(weights_path)), strict=True)
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise ArtifactError(f"model in {str(directory)!r} cannot be rebuilt: {exc}") from exc
+        config = DQNConfig.from_dict(metadata["dqn_config"])
+    except (ValueError, TypeError, RuntimeError, KeyError, OSError, SafetensorError) as exc:
+        raise ArtifactError(
+            f"model in {str(directory)!r} cannot be rebuilt: {type(exc).__name__}: {_one_line(exc)}"
+        ) from exc
     network.eval()
-    config = DQNConfig.from_dict(metadata["dqn_config"])
     return LoadedModel(network, config, metadata, directory, onnx_path)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else "no detail"
 
 
 def _read_metadata(directory: Path) -> dict[str, Any]:
@@ -185,6 +200,8 @@ def _read_metadata(directory: Path) -> dict[str, Any]:
         raise ArtifactError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"{str(path)!r} is not UTF-8 JSON of a sane depth") from exc
     if not isinstance(document, dict) or "network" not in document:
         raise ArtifactError(f"{str(path)!r} is not dispatchloop model metadata")
     return document
@@ -193,7 +210,10 @@ def _read_metadata(directory: Path) -> dict[str, Any]:
 def _verify(path: Path, expected: object) -> None:
     if not path.is_file():
         raise ArtifactError(f"model file {str(path)!r} is missing")
-    actual = sha256_of(path)
+    try:
+        actual = sha256_of(path)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read model file {str(path)!r}: {exc.strerror}") from exc
     if actual != expected:
         raise ArtifactError(
             f"sha256 of {str(path)!r} is {actual}, metadata says {expected}: "
