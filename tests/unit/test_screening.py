@@ -22,7 +22,14 @@ from pydantic.fields import FieldInfo
 from dispatchloop import events as contract
 from dispatchloop.events import DispatchOutcomeEvent, Rejection, parse_outcome
 from dispatchloop.screening import MIRRORED_MODELS, ScreenedEvent, screen_outcome
-from dispatchloop.testing.events import MALFORMED_KINDS, encode, event_stream, malformed_record
+from dispatchloop.testing.events import (
+    HOSTILE_KINDS,
+    MALFORMED_KINDS,
+    encode,
+    event_stream,
+    hostile_record,
+    malformed_record,
+)
 
 LIMIT = 65_536
 BOUNDS = ("ge", "gt", "le", "lt", "min_length", "max_length")
@@ -309,3 +316,12 @@ def test_doubtful_but_valid_records_are_stored_with_the_models_keys(case: str):
     assert isinstance(parsed, DispatchOutcomeEvent), parsed
     assert not isinstance(screened, Rejection), screened
     assert _keys(screened) == _keys(parsed)
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_KINDS))
+def test_every_kind_of_the_hostile_zoo_gets_its_reason_on_both_paths(kind: str):
+    valid = next(event_stream(seed=11, n_events=1))
+    raw = hostile_record(np.random.default_rng(2), kind, valid)
+    screened = screen_outcome(raw, LIMIT)
+    assert screened == parse_outcome(raw, LIMIT)
+    assert isinstance(screened, Rejection) and screened.reason == HOSTILE_KINDS[kind]
