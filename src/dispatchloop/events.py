@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple, Protocol
 from uuid import UUID
 
+import msgspec
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -268,23 +269,54 @@ def parse_outcome(raw: bytes | None, max_bytes: int) -> DispatchOutcomeEvent | R
         return _rejection_from(exc, raw)
 
 
-def document_rejection(raw: bytes) -> Rejection | None:
+_JSON = msgspec.json.Decoder()
+_ENCODER = msgspec.json.Encoder()
+_UNDECODED: Any = object()
+
+
+def document_rejection(raw: bytes, document: Any = _UNDECODED) -> Rejection | None:
     """Duplicate keys, excessive nesting or unstorable text anywhere in the document.
 
     None also for bytes that are not JSON at all: the models give those their reason.
-    The slow, exact check (json's own parser and a walk); screening has a fast one.
+    Screening passes the `document` it decoded (msgspec, plain dicts) so both paths run
+    this same function. Cheap when nothing is wrong: without a backslash in the bytes
+    there is no escape (so no U+0000, no surrogate, no quote inside a string), every `"`
+    opens or closes a key or a string value, and re-encoding the decoded document gives
+    the same bytes (compact producers), or at least as many quotes, exactly when no
+    duplicate key was dropped. Anything else, and whatever msgspec cannot decode, gets
+    the exact check with Python's json parser.
     """
+    if document is _UNDECODED:
+        try:
+            document = _JSON.decode(raw)
+        except RecursionError:
+            return _too_deep()
+        except msgspec.DecodeError:  # e.g. NaN, which pydantic reads: the exact check decides
+            return _exact_document_rejection(raw)
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _too_deep_to_walk(document):
+        return _too_deep()
+    if b"\\" in raw:
+        return _exact_document_rejection(raw)
+    again = _ENCODER.encode(document)
+    if again != raw and raw.count(b'"') != again.count(b'"'):
+        return _exact_document_rejection(raw)
+    return None
+
+
+def _exact_document_rejection(raw: bytes) -> Rejection | None:
+    """The same verdict as document_rejection, the slow way (json, a walk of the strings)."""
     try:
-        document = json.loads(raw, object_pairs_hook=_pairs_without_duplicates)
+        text = raw.decode("utf-8")
+        document = json.loads(text, object_pairs_hook=_pairs_without_duplicates)
     except _DuplicateKeyError as exc:
         return Rejection(REASON_DUPLICATE_KEY, f"key {exc.key!r} appears twice in one object")
     except RecursionError:
         return _too_deep()
-    except ValueError:  # not JSON (or not UTF-8): the models say why
+    except ValueError:  # not UTF-8 or not JSON: the models say why
         return None
-    depth, bad = _walk(document)
-    if depth > MAX_JSON_DEPTH:
+    if _too_deep_to_walk(document):
         return _too_deep()
+    bad = _first_unstorable_string(document) if "\\u" in text else None
     if bad is not None:
         return Rejection(REASON_UNSTORABLE_TEXT, f"a string holds {bad} (not storable as text)")
     return None
@@ -311,22 +343,40 @@ def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
-def _walk(root: Any) -> tuple[int, str | None]:
-    """Deepest nesting of objects/arrays, and the first unstorable string (keys included)."""
-    deepest, problem = 0, None
-    stack: list[tuple[Any, int]] = [(root, 0)]
+def _too_deep_to_walk(document: Any) -> bool:
+    try:
+        return _depth(document) > MAX_JSON_DEPTH
+    except RecursionError:  # far deeper than the limit
+        return True
+
+
+def _depth(node: Any) -> int:
+    """Levels of objects/arrays (a scalar: 0, `{}`: 1)."""
+    kind = type(node)
+    if kind is dict:
+        children: Any = node.values()
+    elif kind is list:
+        children = node
+    else:
+        return 0
+    return 1 + max((_depth(child) for child in children), default=0)
+
+
+def _first_unstorable_string(root: Any) -> str | None:
+    """'U+0000' or 'an unpaired surrogate' for the first such string (keys included)."""
+    stack = [root]
     while stack:
-        item, depth = stack.pop()
+        item = stack.pop()
         if isinstance(item, dict):
-            deepest = max(deepest, depth + 1)
-            stack.extend((key, depth + 1) for key in item)
-            stack.extend((value, depth + 1) for value in item.values())
+            stack.extend(item.keys())
+            stack.extend(item.values())
         elif isinstance(item, list):
-            deepest = max(deepest, depth + 1)
-            stack.extend((value, depth + 1) for value in item)
-        elif isinstance(item, str) and problem is None:
+            stack.extend(item)
+        elif isinstance(item, str):
             problem = unstorable_in(item)
-    return deepest, problem
+            if problem is not None:
+                return problem
+    return None
 
 
 def unstorable_in(text: str) -> str | None:

@@ -20,28 +20,27 @@ mutated events). Anything the fast path does not accept is handed to
 the reason it always did, and a valid but unusual event ("priority": "2") is
 still stored.
 
-What the stores and other readers need (events.document_rejection) is checked here
-too, cheaply, and anything doubtful goes to the exact check: the document is decoded
-once into plain dicts (C), walked once for its key count and depth, and converted to
-the structs. A duplicate key leaves fewer keys in the dicts than the `":` pairs in the
-bytes (whitespace before a colon, a quote inside a string or a \\u escape that could
-hide NUL or a surrogate sends the record to the exact path instead). Booleans are not
-numbers in msgspec's strict conversion, as in the models.
+What the stores and other readers need (duplicate keys, depth, text a store can
+hold) is the one function `events.document_rejection` on both paths: screening
+decodes the bytes into plain dicts, asks it about that document (cheap when
+nothing is wrong), then decodes them into the structs. A record with a
+backslash (an escape) goes to the models straight away. Booleans are not numbers in
+msgspec's strict conversion, as in the models.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
 
 from dispatchloop.events import (
     MAX_CANDIDATES,
-    MAX_JSON_DEPTH,
     EventKeys,
     Rejection,
+    document_rejection,
     parse_outcome,
 )
 
@@ -126,9 +125,8 @@ MIRRORED_MODELS = {
     "Outcome": _Outcome,
     "DispatchOutcomeEvent": _Event,
 }
-_DECODER = msgspec.json.Decoder()
-# Byte pairs that make the key count below unreliable or may hide unstorable text.
-_DOUBTFUL = (b"\\u0000", b"\\ud", b"\\uD", b" :", b"\t:", b"\n:", b"\r:")
+_DECODER = msgspec.json.Decoder(_Event)
+_GENERIC = msgspec.json.Decoder()
 
 
 def screen_outcome(raw: bytes | None, max_bytes: int) -> EventKeys | Rejection:
@@ -142,16 +140,14 @@ def screen_outcome(raw: bytes | None, max_bytes: int) -> EventKeys | Rejection:
 
 def _screen_fast(raw: bytes) -> ScreenedEvent | None:
     """The keys when every rule visibly holds; None means "let pydantic decide"."""
-    if any(pair in raw for pair in _DOUBTFUL):
+    if b"\\" in raw:  # escapes: U+0000, surrogates, quotes in strings are the models' call
         return None
     try:
-        document = _DECODER.decode(raw)
-        if type(document) is not dict:
+        document = _GENERIC.decode(raw)
+        if type(document) is not dict or document_rejection(raw, document) is not None:
             return None
-        keys, depth = _shape(document, 1)
-        if depth > MAX_JSON_DEPTH or keys != raw.count(b'":'):
-            return None  # nested too deep, or a duplicate key (or only a doubt): exact path
-        event = msgspec.convert(document, _Event)
+        # Decoding the bytes again into the structs is faster than converting the dicts.
+        event = _DECODER.decode(raw)
         decided_at = datetime.fromisoformat(event.decided_at)
         occurred_at = datetime.fromisoformat(event.occurred_at)
         window_start = datetime.fromisoformat(event.booking.window_start)
@@ -168,23 +164,6 @@ def _screen_fast(raw: bytes) -> ScreenedEvent | None:
     ):
         return None
     return ScreenedEvent(event.event_id, event.episode_id, event.step, decided_at)
-
-
-def _shape(node: Any, depth: int) -> tuple[int, int]:
-    """(keys in all objects, deepest nesting) of a decoded document; `node` is a dict or list."""
-    keys, deepest = 0, depth
-    if type(node) is dict:
-        keys = len(node)
-        values: Any = node.values()
-    else:
-        values = node
-    for value in values:
-        kind = type(value)
-        if kind is dict or kind is list:
-            inner_keys, inner_depth = _shape(value, depth + 1)
-            keys += inner_keys
-            deepest = max(deepest, inner_depth)
-    return keys, deepest
 
 
 def _is_null_island(point: _LatLon) -> bool:

@@ -15,6 +15,7 @@ from uuid import UUID
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from ingest_support import (
     committed_offsets,
     create_topic,
@@ -39,6 +40,7 @@ from dispatchloop.consumers.metrics import IngestMetrics
 from dispatchloop.replay import open_store
 from dispatchloop.settings import Settings
 from dispatchloop.testing.events import HOSTILE_KINDS, encode, event_stream
+from dispatchloop.testing.postgres import admin_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -210,3 +212,50 @@ def test_soak_hostile_zoo_with_sigkills_stores_and_dead_letters_exactly(
     assert count == N_SOAK and ids == stream.valid_ids
     assert_dead_letters_exactly_once(kafka_bootstrap, topic_name, stream.invalid)
     assert len(stream.invalid) == n_bad
+
+
+def test_stopping_while_the_store_is_down_exits_1_and_the_next_run_stores_everything(
+    kafka_bootstrap: str, topic_name: str, pg_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM while every write fails: exit 1 with the unresolved count (never a silent 0),
+    nothing committed past the failure, and a later run stores every event once."""
+    create_topic(kafka_bootstrap, topic_name, 1)
+    first = produce_hostile(kafka_bootstrap, topic_name, 300, seed=45, per_kind=0)
+    env = ingest_env(kafka_bootstrap, topic_name, pg_url, f"g-{topic_name}")
+    log_path = tmp_path / "ingest.log"
+    process = start_ingest(env, log_path, "--idle-exit", "30")
+    database = pg_url.rsplit("/", 1)[1]
+    admin = sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
+    try:
+        wait_until(lambda: stored(pg_url)[0] == 300, timeout_s=90, what="the first 300 events")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"
+                ),
+                {"d": database},
+            )
+        second = produce_hostile(kafka_bootstrap, topic_name, 200, seed=46, per_kind=0)
+        wait_until(
+            lambda: any("will retry" in line["msg"] for line in log_lines(log_path)),
+            timeout_s=60,
+            what="a failing write",
+        )
+        code = stop(process, signal.SIGTERM)
+        out = process.stdout.read() if process.stdout else b"{}"
+    finally:
+        stop(process, signal.SIGKILL)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    assert code == 1, log_path.read_text()[-2_000:]
+    assert json.loads(out)["unresolved"] > 0
+    assert "neither stored nor dead-lettered" in log_path.read_text()
+    committed = committed_offsets(kafka_bootstrap, topic_name, f"g-{topic_name}")[0]
+    assert committed is not None and committed <= 300
+    again = start_ingest(env, log_path, "--idle-exit", "6")
+    out, _ = again.communicate(timeout=180)
+    assert again.returncode == 0 and json.loads(out)["unresolved"] == 0
+    count, ids = stored(pg_url)
+    assert count == 500 and ids == first.valid_ids | second.valid_ids

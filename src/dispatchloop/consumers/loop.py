@@ -150,7 +150,11 @@ class IngestHealth:
             self.idle_member or (silent is not None and silent <= self.stale_after_s)
         )
         if not broker_ok:
-            reasons.append(f"no answer from the broker for {silent or 0:.0f} s")
+            reasons.append(
+                "the broker has not answered yet"
+                if silent is None
+                else f"no answer from the broker for {silent:.0f} s"
+            )
         if not self.store_ok:
             reasons.append("the store cannot be written")
         ready = not reasons

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -164,7 +164,7 @@ HOSTILE_KINDS: dict[str, str] = {
 
 def hostile_record(rng: np.random.Generator, kind: str, valid: dict[str, Any]) -> bytes | None:
     """Bytes (None: a tombstone) that must become a dead letter with HOSTILE_KINDS[kind]."""
-    fixed = {
+    fixed: dict[str, Callable[[], bytes | None]] = {
         "truncated_json": lambda: encode(valid)[: int(rng.integers(10, 200))],
         "not_an_object": lambda: b"[1, 2, 3]",
         "not_utf8": lambda: b'{"schema_version": 1, "company_id": "\xff\xfe"}',
@@ -188,7 +188,7 @@ def _break(event: dict[str, Any], kind: str) -> bytes | None:
         return encode(event)[:-1] + b',"step":' + str(event["step"] + 1).encode() + b"}"
     if kind == "lone_surrogate":
         return encode(event).replace(b'"company_id":"', b'"company_id":"\\ud800', 1)
-    mutations = {
+    mutations: dict[str, Callable[[], object]] = {
         "schema_v2": lambda: event.update(schema_version=2),
         "action_elsewhere": lambda: event["action"].update(driver_id="d-nobody"),
         "priority_7": lambda: event["booking"].update(priority=7),
