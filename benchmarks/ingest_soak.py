@@ -68,7 +68,7 @@ def soak(
         n,
         seed=71,
         per_kind=2,
-        extra_bad=n_bad - 2 * len(HOSTILE_KINDS),
+        extra_bad=max(0, n_bad - 2 * len(HOSTILE_KINDS)),
         partitions=3,
     )
     env = ingest_env(
@@ -132,15 +132,22 @@ def main() -> None:
                 broker.bootstrap,
                 f"sqlite:///{work / 'replay.db'}",
                 "sqlite",
-                args.events,
-                args.kills,
-                work,
+                n=args.events,
+                kills=args.kills,
+                work=work,
             )
         )
         if not args.skip_postgres:
             with scratch_database("dl_soak") as url:
                 rows.append(
-                    soak(broker.bootstrap, url, "postgresql", args.events, args.kills, work)
+                    soak(
+                        broker.bootstrap,
+                        url,
+                        "postgresql",
+                        n=args.events,
+                        kills=args.kills,
+                        work=work,
+                    )
                 )
     finally:
         broker.stop()
