@@ -3,17 +3,26 @@
 `parse_outcome` is the one way raw Kafka bytes become a `DispatchOutcomeEvent`:
 it validates straight from bytes (faster than json.loads + validate) and maps
 every failure to a short machine-readable reason for the dead-letter topic.
+
+Before the models see a document, `document_rejection` refuses what no reader of
+the raw bytes could agree on or no store could hold: duplicate keys (JSON readers
+differ on which copy wins), nesting deeper than MAX_JSON_DEPTH, and strings holding
+U+0000 or an unpaired surrogate (PostgreSQL text refuses the first, UTF-8 cannot
+encode the second). Numbers are never booleans: `"step": true` is not 1 here.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple, Protocol
 from uuid import UUID
 
+import msgspec
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -24,8 +33,23 @@ from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 MAX_CANDIDATES = 64
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays accepted anywhere in an event (schema v1 needs 3)."""
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+def _not_a_boolean(value: Any) -> Any:
+    """JSON true/false are not numbers (pydantic's lax mode would read them as 1/0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "a boolean is not a number")
+    return value
+
+
+NoBool = BeforeValidator(_not_a_boolean)
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False), NoBool]
+Integer = Annotated[int, NoBool]
+# For `X | None` fields with bounds: a validator inside the union would hide the bounds
+# from the JSON Schema, so these check booleans with a field validator instead.
+OptionalFloat = Annotated[float, Field(allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -53,7 +77,7 @@ class Booking(_Wire):
     dropoff: LatLon
     window_start: AwareDatetime
     window_end: AwareDatetime
-    priority: int = Field(ge=1, le=3, description="1 routine … 3 urgent.")
+    priority: Integer = Field(ge=1, le=3, description="1 routine … 3 urgent.")
 
     @model_validator(mode="after")
     def _window_ordered(self) -> Booking:
@@ -67,7 +91,7 @@ class Candidate(_Wire):
     lat: FiniteFloat = Field(ge=-90.0, le=90.0)
     lon: FiniteFloat = Field(ge=-180.0, le=180.0)
     available_in_min: FiniteFloat = Field(ge=0.0, le=24 * 60)
-    queue_len: int = Field(ge=0, le=1_000)
+    queue_len: Integer = Field(ge=0, le=1_000)
     eligible: bool = True
 
 
@@ -75,7 +99,9 @@ class Action(_Wire):
     driver_id: Identifier
     policy: str = Field(min_length=1, max_length=64)
     model_version: str | None = Field(None, max_length=64)
-    propensity: FiniteFloat | None = Field(None, gt=0.0, le=1.0)
+    propensity: OptionalFloat | None = Field(None, gt=0.0, le=1.0)
+
+    _propensity_not_bool = field_validator("propensity", mode="before")(_not_a_boolean)
 
 
 OutcomeStatus = Literal["completed", "late", "cancelled"]
@@ -91,18 +117,20 @@ class Outcome(_Wire):
 class DispatchOutcomeEvent(_Wire):
     """One dispatch decision and what came of it (schema_version 1)."""
 
-    schema_version: Literal[1]
+    schema_version: Annotated[Literal[1], NoBool]
     event_id: UUID
     company_id: Identifier
     episode_id: Identifier
-    step: int = Field(ge=0, le=10_000_000)
+    step: Integer = Field(ge=0, le=10_000_000)
     decided_at: AwareDatetime
     occurred_at: AwareDatetime
     booking: Booking
     candidates: list[Candidate] = Field(min_length=1, max_length=MAX_CANDIDATES)
     action: Action
     outcome: Outcome
-    reward: FiniteFloat | None = None
+    reward: OptionalFloat | None = None
+
+    _reward_not_bool = field_validator("reward", mode="before")(_not_a_boolean)
 
     @field_validator("candidates")
     @classmethod
@@ -356,6 +384,13 @@ REASON_INVALID_JSON = "invalid_json"
 REASON_UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
 REASON_INVALID_FIELD = "invalid_field"
 REASON_NO_VALUE = "no_value"
+REASON_DUPLICATE_KEY = "duplicate_key"
+REASON_TOO_DEEP = "too_deep"
+REASON_UNSTORABLE_TEXT = "unstorable_text"
+# Given by the ingest loop, not by parsing: an exception while handling the record
+# (`dlq.detail` names its class), and a row the store refused (ditto).
+REASON_UNPROCESSABLE = "unprocessable"
+REASON_UNSTORABLE = "unstorable"
 
 _CUSTOM_REASONS = frozenset(
     {
@@ -393,10 +428,134 @@ def parse_outcome(raw: bytes | None, max_bytes: int) -> DispatchOutcomeEvent | R
         return Rejection(REASON_NO_VALUE, "record has no value (tombstone)")
     if len(raw) > max_bytes:
         return Rejection(REASON_TOO_LARGE, f"{len(raw)} bytes exceed the limit of {max_bytes}")
+    refused = document_rejection(raw)
+    if refused is not None:
+        return refused
     try:
         return DispatchOutcomeEvent.model_validate_json(raw)
     except ValidationError as exc:
         return _rejection_from(exc, raw)
+
+
+_JSON = msgspec.json.Decoder()
+_ENCODER = msgspec.json.Encoder()
+_UNDECODED: Any = object()
+
+
+def document_rejection(raw: bytes, document: Any = _UNDECODED) -> Rejection | None:
+    """Duplicate keys, excessive nesting or unstorable text anywhere in the document.
+
+    None also for bytes that are not JSON at all: the models give those their reason.
+    Screening passes the `document` it decoded (msgspec, plain dicts) so both paths run
+    this same function. Cheap when nothing is wrong: without a backslash in the bytes
+    there is no escape (so no U+0000, no surrogate, no quote inside a string), every `"`
+    opens or closes a key or a string value, and re-encoding the decoded document gives
+    the same bytes (compact producers), or at least as many quotes, exactly when no
+    duplicate key was dropped. Anything else, and whatever msgspec cannot decode, gets
+    the exact check with Python's json parser.
+    """
+    if document is _UNDECODED:
+        try:
+            document = _JSON.decode(raw)
+        except RecursionError:
+            return _too_deep()
+        except msgspec.DecodeError:  # e.g. NaN, which pydantic reads: the exact check decides
+            return _exact_document_rejection(raw)
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _too_deep_to_walk(document):
+        return _too_deep()
+    if b"\\" in raw:
+        return _exact_document_rejection(raw)
+    again = _ENCODER.encode(document)
+    if again != raw and raw.count(b'"') != again.count(b'"'):
+        return _exact_document_rejection(raw)
+    return None
+
+
+def _exact_document_rejection(raw: bytes) -> Rejection | None:
+    """The same verdict as document_rejection, the slow way (json, a walk of the strings)."""
+    try:
+        text = raw.decode("utf-8")
+        document = json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+    except _DuplicateKeyError as exc:
+        return Rejection(REASON_DUPLICATE_KEY, f"key {exc.key!r} appears twice in one object")
+    except RecursionError:
+        return _too_deep()
+    except ValueError:  # not UTF-8 or not JSON: the models say why
+        return None
+    if _too_deep_to_walk(document):
+        return _too_deep()
+    bad = _first_unstorable_string(document) if "\\u" in text else None
+    if bad is not None:
+        return Rejection(REASON_UNSTORABLE_TEXT, f"a string holds {bad} (not storable as text)")
+    return None
+
+
+def _too_deep() -> Rejection:
+    return Rejection(REASON_TOO_DEEP, f"nesting deeper than {MAX_JSON_DEPTH} levels")
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return document
+
+
+def _too_deep_to_walk(document: Any) -> bool:
+    try:
+        return _depth(document) > MAX_JSON_DEPTH
+    except RecursionError:  # far deeper than the limit
+        return True
+
+
+def _depth(node: Any) -> int:
+    """Levels of objects/arrays (a scalar: 0, `{}`: 1)."""
+    kind = type(node)
+    if kind is dict:
+        children: Any = node.values()
+    elif kind is list:
+        children = node
+    else:
+        return 0
+    return 1 + max((_depth(child) for child in children), default=0)
+
+
+def _first_unstorable_string(root: Any) -> str | None:
+    """'U+0000' or 'an unpaired surrogate' for the first such string (keys included)."""
+    stack = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            problem = unstorable_in(item)
+            if problem is not None:
+                return problem
+    return None
+
+
+def unstorable_in(text: str) -> str | None:
+    """Why a string cannot be stored as text, or None."""
+    if "\x00" in text:
+        return "U+0000"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "an unpaired surrogate"
+    return None
 
 
 def _rejection_from(exc: ValidationError, raw: bytes) -> Rejection:

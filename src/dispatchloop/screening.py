@@ -19,6 +19,13 @@ mutated events). Anything the fast path does not accept is handed to
 `parse_outcome`, which gives the verdict: so every dead letter carries exactly
 the reason it always did, and a valid but unusual event ("priority": "2") is
 still stored.
+
+What the stores and other readers need (duplicate keys, depth, text a store can
+hold) is the one function `events.document_rejection` on both paths: screening
+decodes the bytes once into plain dicts, asks it about that document (cheap when
+nothing is wrong), then converts the dicts into the structs. A record with a
+backslash (an escape) goes to the models straight away. Booleans are not numbers in
+msgspec's strict conversion, as in the models.
 """
 
 from __future__ import annotations
@@ -29,7 +36,13 @@ from uuid import UUID
 
 import msgspec
 
-from dispatchloop.events import MAX_CANDIDATES, EventKeys, Rejection, parse_outcome
+from dispatchloop.events import (
+    MAX_CANDIDATES,
+    EventKeys,
+    Rejection,
+    document_rejection,
+    parse_outcome,
+)
 
 Latitude = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)]
@@ -112,7 +125,7 @@ MIRRORED_MODELS = {
     "Outcome": _Outcome,
     "DispatchOutcomeEvent": _Event,
 }
-_DECODER = msgspec.json.Decoder(_Event)
+_GENERIC = msgspec.json.Decoder()
 
 
 def screen_outcome(raw: bytes | None, max_bytes: int) -> EventKeys | Rejection:
@@ -126,13 +139,19 @@ def screen_outcome(raw: bytes | None, max_bytes: int) -> EventKeys | Rejection:
 
 def _screen_fast(raw: bytes) -> ScreenedEvent | None:
     """The keys when every rule visibly holds; None means "let pydantic decide"."""
+    if b"\\" in raw:  # escapes: U+0000, surrogates, quotes in strings are the models' call
+        return None
     try:
-        event = _DECODER.decode(raw)
+        document = _GENERIC.decode(raw)
+        if type(document) is not dict or document_rejection(raw, document) is not None:
+            return None
+        event = msgspec.convert(document, _Event)  # cheaper than decoding the bytes again
         decided_at = datetime.fromisoformat(event.decided_at)
         occurred_at = datetime.fromisoformat(event.occurred_at)
         window_start = datetime.fromisoformat(event.booking.window_start)
         window_end = datetime.fromisoformat(event.booking.window_end)
-    except (msgspec.DecodeError, ValueError):  # msgspec.ValidationError is a DecodeError
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        # ValidationError is a DecodeError; RecursionError: nesting beyond msgspec's limit
         return None
     if (
         occurred_at < decided_at

@@ -160,6 +160,26 @@ class IngestSettings(_Section):
     reconnect_backoff_initial_s: float = Field(0.5, gt=0)
     reconnect_backoff_max_s: float = Field(30.0, gt=0)
     dlq_send_timeout_s: float = Field(30.0, gt=0)
+    dlq_max_record_bytes: int = Field(
+        1_000_000,
+        ge=4_096,
+        le=1_048_576,
+        description="A dead letter bigger than this (key, value, headers) is sent truncated.",
+    )
+    dlq_truncated_prefix_bytes: int = Field(
+        65_536, ge=256, description="Bytes of an oversized record a truncated dead letter keeps."
+    )
+    readiness_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="/readyz turns 503 after this long without a poll or without broker contact.",
+    )
+
+    @model_validator(mode="after")
+    def _check_prefix(self) -> IngestSettings:
+        if self.dlq_truncated_prefix_bytes >= self.dlq_max_record_bytes // 2:
+            raise ValueError("dlq_truncated_prefix_bytes must be below dlq_max_record_bytes / 2")
+        return self
 
 
 class RetentionSettings(_Section):

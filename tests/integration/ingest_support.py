@@ -3,6 +3,7 @@ real `dispatchloop ingest` process, and reading back the store and the DLQ."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -21,8 +22,20 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import TopicPartition
 
-from dispatchloop.consumers.deadletter import HEADER_REASON, source_of
-from dispatchloop.testing.events import MALFORMED_KINDS, encode, event_stream, malformed_record
+from dispatchloop.consumers.deadletter import (
+    HEADER_ORIGINAL_SHA256,
+    HEADER_REASON,
+    HEADER_TRUNCATED,
+    source_of,
+)
+from dispatchloop.testing.events import (
+    HOSTILE_KINDS,
+    MALFORMED_KINDS,
+    encode,
+    event_stream,
+    hostile_record,
+    malformed_record,
+)
 
 FAST_GROUP = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000}
 
@@ -40,7 +53,7 @@ class MixedStream:
     """What was produced: valid event ids, and invalid records as (value, reason)."""
 
     valid_ids: set[str] = field(default_factory=set)
-    invalid: list[tuple[bytes, str]] = field(default_factory=list)
+    invalid: list[tuple[bytes | None, str]] = field(default_factory=list)
     records: int = 0
     duplicates_sent: int = 0
 
@@ -214,3 +227,77 @@ def wait_until(
             return
         time.sleep(interval_s)
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+# --- hostile streams: every kind of the zoo, and how to recognise its dead letter ----------
+
+
+def produce_hostile(
+    bootstrap: str,
+    topic: str,
+    n_valid: int,
+    *,
+    seed: int,
+    per_kind: int = 1,
+    extra_bad: int = 0,
+    partitions: int | None = None,
+) -> MixedStream:
+    """n_valid events with `per_kind` records of every hostile kind (plus `extra_bad` drawn at
+    random) inserted at random places; keys spread them over the partitions."""
+    rng = np.random.default_rng(seed)
+    stream = MixedStream()
+    kinds = [kind for kind in HOSTILE_KINDS for _ in range(per_kind)]
+    kinds += [str(k) for k in rng.choice(sorted(HOSTILE_KINDS), size=extra_bad)]
+    bad_at: dict[int, list[str]] = {}
+    for kind in kinds:
+        bad_at.setdefault(int(rng.integers(0, n_valid)), []).append(kind)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4_000_000
+    )
+    for index, event in enumerate(event_stream(seed, n_valid)):
+        key = event["episode_id"].encode()
+        for kind in bad_at.get(index, []):
+            bad = hostile_record(rng, kind, event)
+            producer.send(topic, value=bad, key=key, partition=_partition(key, partitions))
+            stream.invalid.append((bad, HOSTILE_KINDS[kind]))
+        producer.send(topic, value=encode(event), key=key, partition=_partition(key, partitions))
+        stream.valid_ids.add(event["event_id"])
+    producer.flush(timeout=120)
+    producer.close()
+    stream.records = n_valid + len(stream.invalid)
+    return stream
+
+
+def _partition(key: bytes, partitions: int | None) -> int | None:
+    return None if partitions is None else int(hashlib.sha256(key).digest()[0]) % partitions
+
+
+def letter_identity(value: bytes | None, headers: dict[str, bytes]) -> tuple[str, Any]:
+    """What identifies a dead letter's record: its bytes, or for a truncated one, the sha256."""
+    if headers.get(HEADER_TRUNCATED) == b"true":
+        return "sha256", headers[HEADER_ORIGINAL_SHA256].decode()
+    return "value", value
+
+
+def expected_identity(value: bytes | None) -> tuple[str, Any]:
+    """The identity the dead letter of `value` must carry (truncated beyond the DLQ limit)."""
+    if value is not None and len(value) > 900_000:
+        return "sha256", hashlib.sha256(value).hexdigest()
+    return "value", value
+
+
+def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
+    finally:
+        consumer.close(autocommit=False)
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The real log-end offsets (the last record + 1: tansu's end_offsets() read low)."""
+    ends: dict[int, int] = {}
+    for record in read_topic_all(bootstrap, topic, idle_ms=2_000):
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+    return ends

@@ -6,23 +6,25 @@ while tests/integration runs the same loop against the real broker and databases
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
-from kafka.errors import CommitFailedError, KafkaTimeoutError
+from kafka.errors import CommitFailedError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from dispatchloop.consumers.deadletter import source_of
-from dispatchloop.consumers.loop import IngestLoop
+from dispatchloop.consumers.loop import IngestHealth, IngestLoop
 from dispatchloop.consumers.metrics import IngestMetrics
 from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay.base import (
     IncomingEvent,
     ReplayStore,
+    StoreRejectedError,
     StoreStats,
     StoreUnavailableError,
     TimeWindow,
@@ -96,21 +98,36 @@ class FakeConsumer:
 
 
 class FakeFuture:
-    def __init__(self, ok: bool) -> None:
+    def __init__(self, ok: bool, exception: Exception | None = None) -> None:
         self.is_done = True
         self.ok = ok
+        self.exception = None if ok else exception or KafkaTimeoutError("no ack")
 
     def succeeded(self) -> bool:
         return self.ok
 
 
 class FakeDlq:
-    """The DLQ topic (one partition) with a producer that fails the first `failures` flushes."""
+    """The DLQ topic (one partition) with a producer that fails the first `failures` flushes.
 
-    def __init__(self, failures: int = 0) -> None:
+    The first producer can also misbehave per send: acknowledge only the first
+    `acks_then_fail` sends, or write every record but lose its acknowledgement
+    (`lose_acks`); `refuse_above` bytes makes send() raise as kafka-python does.
+    """
+
+    def __init__(
+        self,
+        failures: int = 0,
+        acks_then_fail: int | None = None,
+        lose_acks: bool = False,
+        refuse_above: int | None = None,
+    ) -> None:
         self.records: list[Record] = []
         self.failures = failures
         self.producers_made = 0
+        self.acks_then_fail = acks_then_fail
+        self.lose_acks = lose_acks
+        self.refuse_above = refuse_above
 
     def producer(self) -> Any:
         self.producers_made += 1
@@ -124,6 +141,7 @@ class _Producer:
     def __init__(self, dlq: FakeDlq) -> None:
         self.dlq = dlq
         self.failing = dlq.failures > 0
+        self.flush_times_out = False
         if self.failing:
             dlq.failures -= 1
 
@@ -131,13 +149,28 @@ class _Producer:
         return {0}
 
     def send(self, topic: str, value: bytes, key: bytes, headers: Any, partition: int) -> Any:
+        dlq = self.dlq
+        if dlq.refuse_above is not None and len(value) > dlq.refuse_above:
+            raise MessageSizeTooLargeError("larger than max_request_size")
         if self.failing:
             return FakeFuture(False)
-        self.dlq.records.append(Record(topic, 0, len(self.dlq.records), key, value, headers))
+        if dlq.acks_then_fail is not None:
+            if dlq.acks_then_fail == 0:
+                dlq.acks_then_fail = None  # only the first producer misbehaves
+                self.flush_times_out = True  # as kafka-python's flush() does
+                pending = FakeFuture(False)
+                pending.is_done = False
+                return pending
+            dlq.acks_then_fail -= 1
+        dlq.records.append(Record(topic, 0, len(dlq.records), key, value, headers))
+        if dlq.lose_acks:
+            dlq.lose_acks = False
+            return FakeFuture(False)
         return FakeFuture(True)
 
     def flush(self, timeout: float) -> None:
-        pass
+        if self.flush_times_out:
+            raise KafkaTimeoutError("Timeout after waiting for 30 secs.")
 
     def close(self, timeout: float) -> None:
         pass
@@ -223,11 +256,15 @@ def values(n_valid: int, bad_at: Sequence[int]) -> list[bytes]:
 
 
 def make_loop(
-    consumer: FakeConsumer, store: FakeStore, dlq: FakeDlq, registry: CollectorRegistry
+    consumer: FakeConsumer,
+    store: ReplayStore,
+    dlq: FakeDlq,
+    registry: CollectorRegistry,
+    **ingest: Any,
 ) -> IngestLoop:
     settings = Settings(
         kafka={"topic": TOPIC, "dlq_topic": "events.dlq"},
-        ingest={"reconnect_backoff_initial_s": 0.001, "reconnect_backoff_max_s": 0.002},
+        ingest={"reconnect_backoff_initial_s": 0.001, "reconnect_backoff_max_s": 0.002, **ingest},
     )
 
     def consumer_factory(listener: Any) -> FakeConsumer:
@@ -379,3 +416,143 @@ def test_rebalance_finishes_the_batch_in_flight_before_partitions_move() -> None
     assert len(store.rows) == 8
     assert consumer.committed[-1] == 9
     assert totals.duplicates == 3
+
+
+# --- every failure is the record's or the infrastructure's -------------------------------
+
+
+def test_a_record_that_makes_screening_raise_is_dead_lettered_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dispatchloop.consumers.loop as loop_module
+
+    real = loop_module.screen_outcome
+
+    def explosive(raw: bytes | None, max_bytes: int) -> Any:
+        if raw == b"POISON":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(raw, max_bytes)
+
+    monkeypatch.setattr(loop_module, "screen_outcome", explosive)
+    raw = values(6, bad_at=[])
+    raw.insert(3, b"POISON")
+    consumer, dlq, store, registry = FakeConsumer(raw), FakeDlq(), FakeStore(), CollectorRegistry()
+    totals = make_loop(consumer, store, dlq, registry).run(max_events=7)
+    assert [source_of(r.headers) for r in dlq.records] == [(TOPIC, 0, 3)]
+    headers = dict(dlq.records[0].headers)
+    assert headers["dlq.reason"] == b"unprocessable"
+    assert headers["dlq.detail"].startswith(b"RecursionError")
+    assert len(store.rows) == 6 and consumer.committed[-1] == 7 and consumer.seeks == []
+    assert totals.unresolved == 0
+    assert sample(registry, "dispatchloop_dead_letters_total", reason="unprocessable") == 1
+
+
+class RefusingStore(FakeStore):
+    """Refuses (StoreRejectedError) any batch that holds one of the `refused` raw values."""
+
+    def __init__(self, refused: set[bytes]) -> None:
+        super().__init__()
+        self.refused = refused
+        self.writes = 0
+
+    def write_batch(self, batch: Sequence[IncomingEvent]) -> WriteResult:
+        self.writes += 1
+        if any(item.raw in self.refused for item in batch):
+            raise StoreRejectedError("DataError: invalid byte sequence for encoding UTF8: 0x00")
+        return super().write_batch(batch)
+
+
+def test_rows_the_store_refuses_are_isolated_and_dead_lettered_the_rest_stored() -> None:
+    raw = values(8, bad_at=[])
+    store = RefusingStore({raw[1], raw[6]})
+    consumer, dlq, registry = FakeConsumer(raw), FakeDlq(), CollectorRegistry()
+    totals = make_loop(consumer, store, dlq, registry).run(max_events=8)
+    assert sorted(source_of(r.headers) for r in dlq.records) == [(TOPIC, 0, 1), (TOPIC, 0, 6)]
+    assert {dict(r.headers)["dlq.reason"] for r in dlq.records} == {b"unstorable"}
+    assert all(b"DataError" in dict(r.headers)["dlq.detail"] for r in dlq.records)
+    assert [r.value for r in dlq.records] == [raw[1], raw[6]]
+    assert set(store.rows.values()) == set(raw) - {raw[1], raw[6]}
+    assert consumer.committed[-1] == 8 and consumer.seeks == []
+    assert totals.stored == 6 and totals.dead_letters == 2
+    assert sample(registry, "dispatchloop_ingest_errors_total", kind="store") == 0
+
+
+def test_dead_letters_acknowledged_before_a_failure_are_not_sent_again() -> None:
+    consumer = FakeConsumer(values(2, bad_at=[0, 1]))
+    dlq, registry = FakeDlq(acks_then_fail=1), CollectorRegistry()
+    totals = make_loop(consumer, FakeStore(), dlq, registry).run(max_events=4)
+    assert [source_of(r.headers) for r in dlq.records] == [(TOPIC, 0, 0), (TOPIC, 0, 1)]
+    assert totals.dead_letters == 2
+    assert sample(registry, "dispatchloop_dead_letters_total", reason="invalid_json") == 2
+    assert sample(registry, "dispatchloop_ingest_errors_total", kind="dlq") == 1
+
+
+def test_a_dead_letter_whose_acknowledgement_was_lost_is_found_in_the_dlq_not_resent() -> None:
+    consumer = FakeConsumer(values(3, bad_at=[1]))
+    dlq = FakeDlq(lose_acks=True)
+    totals = make_loop(consumer, FakeStore(), dlq, CollectorRegistry()).run(max_events=4)
+    assert [source_of(r.headers) for r in dlq.records] == [(TOPIC, 0, 1)]
+    assert totals.dead_letters == 1 and consumer.committed[-1] == 4
+
+
+@pytest.mark.parametrize("refused_by", ["client", "size limit"])
+def test_a_dead_letter_too_large_for_the_dlq_goes_out_truncated(refused_by: str) -> None:
+    huge = b'{"schema_version": 1, "truncated' + b"x" * 20_000
+    raw = values(3, bad_at=[])
+    raw.insert(1, huge)
+    consumer = FakeConsumer(raw)
+    dlq = FakeDlq(refuse_above=10_000 if refused_by == "client" else None)
+    limit = {"dlq_max_record_bytes": 1_000_000 if refused_by == "client" else 8_192}
+    registry = CollectorRegistry()
+    loop = make_loop(
+        consumer, FakeStore(), dlq, registry, dlq_truncated_prefix_bytes=1_024, **limit
+    )
+    totals = loop.run(max_events=4)
+    assert len(dlq.records) == 1 and totals.dead_letters == 1
+    record = dlq.records[0]
+    headers = dict(record.headers)
+    assert record.value == huge[:1_024]
+    assert headers["dlq.truncated"] == b"true"
+    assert headers["dlq.original.size"] == str(len(huge)).encode()
+    assert headers["dlq.original.sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert headers["dlq.reason"] == b"invalid_json"
+    assert consumer.committed[-1] == 4
+    assert sample(registry, "dispatchloop_dead_letters_truncated_total") == 1
+
+
+def test_stopping_while_a_batch_keeps_failing_reports_its_records_unresolved() -> None:
+    consumer = FakeConsumer(values(4, bad_at=[]))
+    store = FakeStore(failures=10**6)
+    loop = make_loop(consumer, store, FakeDlq(), CollectorRegistry())
+    original = store.write_batch
+
+    def failing_then_stop(batch: Sequence[IncomingEvent]) -> WriteResult:
+        if store.failures < 10**6 - 3:
+            loop.request_stop()
+        return original(batch)
+
+    store.write_batch = failing_then_stop  # type: ignore[method-assign]
+    totals = loop.run(idle_exit_s=60)
+    assert totals.unresolved == 4 and totals.processed == 0
+    assert consumer.committed == []
+
+
+def test_readiness_needs_recent_polls_and_proven_broker_contact() -> None:
+    now = [1_000.0]
+    health = IngestHealth(stale_after_s=20.0, clock=lambda: now[0])
+    assert health.readiness()[0] is False  # not joined
+    health.joined = True
+    health.polled(records=True)
+    assert health.readiness() == (True, health.readiness()[1])
+    now[0] += 25.0
+    health.polled(records=False)  # an empty poll proves nothing: refused connections look alike
+    ready, detail = health.readiness()
+    assert not ready and not detail["broker_reachable"]
+    assert any("no answer from the broker for 25 s" in r for r in detail["reasons"])
+    assert health.unreachable_seconds() == 25.0
+    health.contact()  # e.g. the offsets probe answered
+    assert health.readiness()[0] is True and health.unreachable_seconds() == 0.0
+    now[0] += 21.0
+    health.contact()
+    ready, detail = health.readiness()
+    assert not ready and detail["reasons"] == ["no poll completed for over 20 s"]

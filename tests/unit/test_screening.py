@@ -22,7 +22,14 @@ from pydantic.fields import FieldInfo
 from dispatchloop import events as contract
 from dispatchloop.events import DispatchOutcomeEvent, Rejection, parse_outcome
 from dispatchloop.screening import MIRRORED_MODELS, ScreenedEvent, screen_outcome
-from dispatchloop.testing.events import MALFORMED_KINDS, encode, event_stream, malformed_record
+from dispatchloop.testing.events import (
+    HOSTILE_KINDS,
+    MALFORMED_KINDS,
+    encode,
+    event_stream,
+    hostile_record,
+    malformed_record,
+)
 
 LIMIT = 65_536
 BOUNDS = ("ge", "gt", "le", "lt", "min_length", "max_length")
@@ -236,3 +243,85 @@ def _keys(event: Any) -> tuple[Any, ...]:
     # Equal aware datetimes can differ in tzinfo class; the instant and offset must match.
     moment = event.decided_at
     return (event.event_id, event.episode_id, event.step, moment, moment.utcoffset())
+
+
+# --- what the stores and other readers need: both paths agree, with reasons of their own ---
+
+
+def _with(mutate: Any) -> bytes:
+    event = next(event_stream(seed=9, n_events=1))
+    result = mutate(event)
+    return result if isinstance(result, bytes) else encode(event)
+
+
+def _nested(levels: int) -> Any:
+    return lambda e: e.update(extra=json.loads("[" * levels + "]" * levels))
+
+
+_HOSTILE = {
+    "duplicate top-level key": (lambda e: encode(e)[:-1] + b',"step":5}', "duplicate_key"),
+    "duplicate key, same value": (lambda e: encode(e)[:-1] + b',"step":0}', "duplicate_key"),
+    "duplicate key in a candidate": (
+        lambda e: encode(e).replace(b'"queue_len":', b'"queue_len":1,"queue_len":', 1),
+        "duplicate_key",
+    ),
+    "duplicate key hidden by whitespace": (
+        lambda e: encode(e)[:-1] + b',"step" :5}',
+        "duplicate_key",
+    ),
+    "duplicate extra key": (lambda e: encode(e)[:-1] + b',"x":1,"x":2}', "duplicate_key"),
+    "nesting of 33": (_nested(32), "too_deep"),
+    "nesting of 5000": (
+        lambda e: encode(e)[:-1] + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        "too_deep",
+    ),
+    "U+0000 in an identifier": (lambda e: e.update(episode_id="ep\u0000"), "unstorable_text"),
+    "U+0000 in an extra field": (lambda e: e.update(note="\u0000"), "unstorable_text"),
+    "U+0000 in a key": (lambda e: e.update({"k\u0000": 1}), "unstorable_text"),
+    "unpaired surrogate": (lambda e: e.update(company_id="acme\ud800"), "unstorable_text"),
+    "boolean step": (lambda e: e.update(step=True), "invalid_field"),
+    "boolean reward": (lambda e: e.update(reward=False), "invalid_field"),
+    "boolean latitude": (lambda e: e["booking"]["pickup"].update(lat=True), "invalid_field"),
+    "boolean propensity": (lambda e: e["action"].update(propensity=True), "invalid_field"),
+    "boolean queue_len": (lambda e: e["candidates"][0].update(queue_len=False), "invalid_field"),
+    "boolean schema_version": (lambda e: e.update(schema_version=True), "unknown_schema_version"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HOSTILE))
+def test_hostile_records_are_refused_alike_by_both_paths(case: str):
+    mutate, reason = _HOSTILE[case]
+    raw = _with(mutate)
+    screened = screen_outcome(raw, LIMIT)
+    assert isinstance(screened, Rejection), case
+    assert screened.reason == reason, screened
+    assert screened == parse_outcome(raw, LIMIT)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["nesting of 32", "escaped accents", "pretty-printed", "colon in a value", "quote in a value"],
+)
+def test_doubtful_but_valid_records_are_stored_with_the_models_keys(case: str):
+    event = next(event_stream(seed=10, n_events=1))
+    raw = {
+        "nesting of 32": lambda: _with(_nested(31)),
+        "escaped accents": lambda: json.dumps({**event, "note": "Genève ☃"}).encode(),
+        "pretty-printed": lambda: json.dumps(event, indent=2).encode(),
+        "colon in a value": lambda: encode({**event, "note": 'a":b'}),
+        "quote in a value": lambda: encode({**event, "note": 'say "hi" :'}),
+    }[case]()
+    screened = screen_outcome(raw, LIMIT)
+    parsed = parse_outcome(raw, LIMIT)
+    assert isinstance(parsed, DispatchOutcomeEvent), parsed
+    assert not isinstance(screened, Rejection), screened
+    assert _keys(screened) == _keys(parsed)
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_KINDS))
+def test_every_kind_of_the_hostile_zoo_gets_its_reason_on_both_paths(kind: str):
+    valid = next(event_stream(seed=11, n_events=1))
+    raw = hostile_record(np.random.default_rng(2), kind, valid)
+    screened = screen_outcome(raw, LIMIT)
+    assert screened == parse_outcome(raw, LIMIT)
+    assert isinstance(screened, Rejection) and screened.reason == HOSTILE_KINDS[kind]

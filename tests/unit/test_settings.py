@@ -60,6 +60,9 @@ def test_bootstrap_list_is_comma_separated(monkeypatch: pytest.MonkeyPatch):
         ("METRICS__PORT", "http", "DISPATCHLOOP_METRICS__PORT"),
         ("KAFKA__SECURITY_PROTOCOL", "SASL_SSL", "needs sasl_mechanism"),
         ("KAFKA_TOPIC", "typo", "Unknown setting DISPATCHLOOP_KAFKA_TOPIC"),
+        ("INGEST__DLQ_TRUNCATED_PREFIX_BYTES", "600000", "below dlq_max_record_bytes / 2"),
+        ("INGEST__DLQ_MAX_RECORD_BYTES", "2000000", "DISPATCHLOOP_INGEST__DLQ_MAX_RECORD_BYTES"),
+        ("INGEST__READINESS_TIMEOUT_S", "0", "DISPATCHLOOP_INGEST__READINESS_TIMEOUT_S"),
     ],
 )
 def test_bad_settings_give_one_sentence(

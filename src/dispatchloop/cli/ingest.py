@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dispatchloop.cli.app import app, fail_config, settings_of
+from dispatchloop.cli.app import EXIT_FAILURE, app, fail_config, settings_of
 
 
 @app.command("ingest")
@@ -40,6 +40,7 @@ def ingest(
         "duplicates": totals.duplicates,
         "dead_letters": totals.dead_letters,
         "partitions": sorted(totals.partitions),
+        "unresolved": totals.unresolved,
     }
     if as_json:
         typer.echo(json.dumps(summary))
@@ -48,3 +49,10 @@ def ingest(
             f"processed {totals.processed}: stored {totals.stored}, "
             f"duplicates {totals.duplicates}, dead letters {totals.dead_letters}"
         )
+    if totals.unresolved:
+        typer.echo(
+            f"dispatchloop: stopped with {totals.unresolved} records neither stored nor "
+            "dead-lettered (not committed; the next run reads them again).",
+            err=True,
+        )
+        raise typer.Exit(EXIT_FAILURE)

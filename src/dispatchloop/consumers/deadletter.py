@@ -12,15 +12,27 @@ before the offset commit re-delivers that record. Two rules make that safe:
 - On (re)assignment of p, `scan_already_dead_lettered` reads that DLQ partition
   backwards from its end until it meets a dead letter of p below c: what it saw
   at or above c was delivered by a previous run and is skipped (the ledger).
+
+Within one process, every acknowledgement is written to the ledger as soon as it is
+seen, even when a later send of the same batch fails, so a retry sends only what is
+still missing; and a retry after a failure first re-reads the DLQ tail (the loop calls
+`scan_already_dead_lettered` again), because a record whose acknowledgement was lost
+may still have been written.
+
+A dead letter that cannot be produced as it is (bigger than `max_record_bytes`, or
+refused by the broker as too large) is sent as a bounded prefix of its bytes with the
+headers `dlq.truncated=true`, `dlq.original.size` and `dlq.original.sha256`: the
+partition behind it always moves on, and the original can still be identified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
@@ -30,7 +42,13 @@ HEADER_DETAIL = "dlq.detail"
 HEADER_SOURCE_TOPIC = "dlq.source.topic"
 HEADER_SOURCE_PARTITION = "dlq.source.partition"
 HEADER_SOURCE_OFFSET = "dlq.source.offset"
+HEADER_TRUNCATED = "dlq.truncated"
+HEADER_ORIGINAL_SIZE = "dlq.original.size"
+HEADER_ORIGINAL_SHA256 = "dlq.original.sha256"
 MAX_DETAIL_CHARS = 1_000
+MAX_TRUNCATED_KEY_BYTES = 1_024
+# Kafka's per-record overhead (varints, timestamps, attributes) stays well below this.
+RECORD_OVERHEAD_BYTES = 512
 
 
 class DeadLetter(NamedTuple):
@@ -46,7 +64,14 @@ class DeadLetter(NamedTuple):
 
 
 class DeadLetterDeliveryError(Exception):
-    """Some dead letters of a batch were not acknowledged by the DLQ topic."""
+    """Some dead letters of a batch were not acknowledged by the DLQ topic.
+
+    `acknowledged` holds those that were (already written to the ledger).
+    """
+
+    def __init__(self, message: str, acknowledged: Sequence[DeadLetter] = ()) -> None:
+        super().__init__(message)
+        self.acknowledged = list(acknowledged)
 
 
 def dlq_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
@@ -58,6 +83,36 @@ def dlq_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
         (HEADER_SOURCE_PARTITION, str(letter.partition).encode()),
         (HEADER_SOURCE_OFFSET, str(letter.offset).encode()),
     ]
+
+
+class Outgoing(NamedTuple):
+    """What is produced for one dead letter: the original, or its truncated form."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    truncated: bool
+
+
+def outgoing(letter: DeadLetter, max_record_bytes: int, prefix_bytes: int, force: bool) -> Outgoing:
+    """The record to produce: as it is when it fits, else a prefix with its size and sha256."""
+    headers = dlq_headers(letter)
+    size = (
+        len(letter.value or b"")
+        + len(letter.key or b"")
+        + sum(len(name) + len(value) for name, value in headers)
+        + RECORD_OVERHEAD_BYTES
+    )
+    if not force and size <= max_record_bytes:
+        return Outgoing(letter.key, letter.value, headers, False)
+    value = letter.value or b""
+    headers += [
+        (HEADER_TRUNCATED, b"true"),
+        (HEADER_ORIGINAL_SIZE, str(len(value)).encode()),
+        (HEADER_ORIGINAL_SHA256, hashlib.sha256(value).hexdigest().encode()),
+    ]
+    key = None if letter.key is None else letter.key[:MAX_TRUNCATED_KEY_BYTES]
+    return Outgoing(key, value[:prefix_bytes], headers, True)
 
 
 def source_of(headers: Iterable[tuple[str, bytes | None]]) -> tuple[str, int, int] | None:
@@ -119,55 +174,88 @@ class DeadLetterSender:
     idempotent producer that lived through a broker restart until it is new.
     """
 
-    def __init__(self, producer_factory: ProducerFactory, dlq_topic: str, timeout_s: float):
+    def __init__(
+        self,
+        producer_factory: ProducerFactory,
+        dlq_topic: str,
+        timeout_s: float,
+        max_record_bytes: int = 1_000_000,
+        prefix_bytes: int = 65_536,
+    ):
         self._factory = producer_factory
         self._topic = dlq_topic
         self._timeout_s = timeout_s
+        self._max_record_bytes = max_record_bytes
+        self._prefix_bytes = prefix_bytes
         self._producer: Any | None = None
+        # Source coordinates the broker refused as too large: truncated from now on.
+        self._too_large: set[tuple[str, int, int]] = set()
+        self.truncated = 0
 
-    def deliver(self, letters: Sequence[DeadLetter], ledger: DeadLetterLedger) -> int:
-        """Send what the ledger has not seen; record each acknowledged one; return how many.
+    def deliver(self, letters: Sequence[DeadLetter], ledger: DeadLetterLedger) -> list[DeadLetter]:
+        """Send what the ledger has not seen; record each acknowledged one; return those.
 
-        Raises DeadLetterDeliveryError if any was not acknowledged within the timeout.
+        Raises DeadLetterDeliveryError if any was not acknowledged within the timeout;
+        those acknowledged before the failure are in the ledger all the same.
         """
-        pending = [
-            letter
-            for letter in letters
-            if not ledger.already_sent(
-                TopicPartition(letter.topic, letter.partition), letter.offset
-            )
-        ]
+        pending = [letter for letter in letters if not _in_ledger(ledger, letter)]
         if not pending:
-            return 0
+            return []
+        sent: list[tuple[DeadLetter, Any]] = []
         try:
             producer = self._producer_now()
             partitions = producer.partitions_for(self._topic)
-            futures = [
-                producer.send(
-                    self._topic,
-                    value=letter.value,
-                    key=letter.key,
-                    headers=dlq_headers(letter),
-                    partition=dlq_partition(letter.partition, len(partitions)),
-                )
-                for letter in pending
-            ]
+            for letter in pending:
+                sent.append((letter, self._send(producer, letter, len(partitions))))
             producer.flush(timeout=self._timeout_s)
         except KafkaError as exc:
+            self.reset()  # closing waits briefly: sends in flight complete or fail
+            acknowledged = self._record_acknowledged(sent, ledger)
+            raise DeadLetterDeliveryError(f"DLQ send failed: {exc!r}", acknowledged) from exc
+        acknowledged = self._record_acknowledged(sent, ledger)
+        if len(acknowledged) < len(pending):
             self.reset()
-            raise DeadLetterDeliveryError(f"DLQ send failed: {exc!r}") from exc
-        failed = 0
-        for letter, future in zip(pending, futures, strict=True):
+            acknowledged = self._record_acknowledged(sent, ledger)  # closing may finish some
+            failed = len(pending) - len(acknowledged)
+            raise DeadLetterDeliveryError(
+                f"{failed} of {len(pending)} dead letters not acknowledged", acknowledged
+            )
+        return acknowledged
+
+    def _send(self, producer: Any, letter: DeadLetter, n_partitions: int) -> Any:
+        """One send; a record the client itself refuses as too large is sent truncated."""
+        source = (letter.topic, letter.partition, letter.offset)
+        partition = dlq_partition(letter.partition, n_partitions)
+        for force in (source in self._too_large, True):
+            record = outgoing(letter, self._max_record_bytes, self._prefix_bytes, force)
+            try:
+                future = producer.send(
+                    self._topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    partition=partition,
+                )
+            except MessageSizeTooLargeError:
+                self._too_large.add(source)
+                continue
+            if record.truncated:
+                self.truncated += 1
+            return future
+        raise MessageSizeTooLargeError(f"even the truncated dead letter of {source} is too large")
+
+    def _record_acknowledged(
+        self, sent: Sequence[tuple[DeadLetter, Any]], ledger: DeadLetterLedger
+    ) -> list[DeadLetter]:
+        """Write every acknowledged send to the ledger; note broker-side "too large"."""
+        acknowledged = []
+        for letter, future in sent:
             if future.is_done and future.succeeded():
                 ledger.record(TopicPartition(letter.topic, letter.partition), letter.offset)
-            else:
-                failed += 1
-        if failed:
-            self.reset()
-            raise DeadLetterDeliveryError(
-                f"{failed} of {len(pending)} dead letters not acknowledged"
-            )
-        return len(pending)
+                acknowledged.append(letter)
+            elif future.is_done and isinstance(future.exception, MessageSizeTooLargeError):
+                self._too_large.add((letter.topic, letter.partition, letter.offset))
+        return acknowledged
 
     def _producer_now(self) -> Any:
         if self._producer is None:
@@ -187,6 +275,10 @@ class DeadLetterSender:
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.close(timeout=self._timeout_s)
+
+
+def _in_ledger(ledger: DeadLetterLedger, letter: DeadLetter) -> bool:
+    return ledger.already_sent(TopicPartition(letter.topic, letter.partition), letter.offset)
 
 
 def scan_already_dead_lettered(

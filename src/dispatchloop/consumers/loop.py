@@ -7,6 +7,18 @@ event_id) and the dead-letter ledger skips what the DLQ already holds. A failing
 store or DLQ never lets the loop commit past a record: it rewinds to the batch's
 first offsets, backs off and tries again. The broker going away only makes the
 loop reconnect with backoff; the process stays up.
+
+Whose fault is a failure? One rule, applied at every stage of a record's handling:
+- Screening (decode, structure, model rules) is a pure function of the record's
+  bytes: whatever it raises is the record's fault, and the record becomes a dead
+  letter (`unprocessable`, the exception's class in `dlq.detail`). Retrying could only
+  raise again, so a crash loop on one record cannot happen.
+- The store says whose fault a failed write is: `StoreRejectedError` (the data) makes
+  the loop bisect the batch until the refused rows are alone; they become dead letters
+  (`unstorable`) and every other row is stored. `StoreUnavailableError` (the store)
+  rewinds and retries the batch with backoff, never committing past it.
+- A dead letter too big for the DLQ is sent truncated (deadletter.py), so the DLQ
+  can only fail for the broker's reasons, which are retried.
 """
 
 from __future__ import annotations
@@ -36,8 +48,13 @@ from dispatchloop.consumers.deadletter import (
 )
 from dispatchloop.consumers.metrics import IngestMetrics
 from dispatchloop.consumers.offsets import commit_offsets, lag, rewind_positions
-from dispatchloop.events import Rejection
-from dispatchloop.replay.base import IncomingEvent, ReplayStore, StoreUnavailableError
+from dispatchloop.events import REASON_UNPROCESSABLE, REASON_UNSTORABLE, EventKeys, Rejection
+from dispatchloop.replay.base import (
+    IncomingEvent,
+    ReplayStore,
+    StoreRejectedError,
+    StoreUnavailableError,
+)
 from dispatchloop.screening import screen_outcome
 from dispatchloop.settings import Settings
 
@@ -78,26 +95,87 @@ class IngestTotals:
     duplicates: int = 0
     dead_letters: int = 0
     partitions: set[int] = field(default_factory=set)
+    # Records of a batch that was still failing (neither stored nor dead-lettered,
+    # not committed) when the loop stopped: the next run reads them again.
+    unresolved: int = 0
 
 
 @dataclass
 class IngestHealth:
-    """What /readyz reports; written by the loop thread, read by the HTTP thread."""
+    """What /readyz reports; written by the loop thread, read by the HTTP thread.
 
+    Broker contact is proven, not assumed: kafka-python's poll() returns nothing
+    both when a partition is quiet and when every connection is refused, so only a
+    poll that returned records, an answered offsets request (every LAG_INTERVAL_S)
+    or a commit counts as contact. Readiness fails when the last contact or the last
+    completed poll is older than `stale_after_s`.
+    """
+
+    stale_after_s: float = 20.0
+    clock: Callable[[], float] = time.monotonic
     joined: bool = False
     broker_ok: bool = False
     store_ok: bool = True
     last_error: str | None = None
+    last_poll_at: float | None = None
+    last_contact_at: float | None = None
+    idle_member: bool = False  # joined with no partitions: nothing to probe
+
+    def polled(self, records: bool) -> None:
+        now = self.clock()
+        self.last_poll_at = now
+        if records:
+            self.contact(now)
+
+    def contact(self, now: float | None = None) -> None:
+        self.last_contact_at = self.clock() if now is None else now
+        self.broker_ok = True
+
+    def unreachable_seconds(self) -> float:
+        """Seconds since the broker last answered (0 before the first connection attempt)."""
+        if self.last_contact_at is None:
+            return 0.0
+        return max(0.0, self.clock() - self.last_contact_at)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ready = self.joined and self.broker_ok and self.store_ok
+        now = self.clock()
+        reasons = []
+        if not self.joined:
+            reasons.append("the consumer has not joined its group")
+        poll_age = None if self.last_poll_at is None else now - self.last_poll_at
+        if self.joined and (poll_age is None or poll_age > self.stale_after_s):
+            reasons.append(f"no poll completed for over {self.stale_after_s:g} s")
+        silent = None if self.last_contact_at is None else now - self.last_contact_at
+        broker_ok = self.broker_ok and (
+            self.idle_member or (silent is not None and silent <= self.stale_after_s)
+        )
+        if not broker_ok:
+            reasons.append(
+                "the broker has not answered yet"
+                if silent is None
+                else f"no answer from the broker for {silent:.0f} s"
+            )
+        if not self.store_ok:
+            reasons.append("the store cannot be written")
+        ready = not reasons
         return ready, {
             "ready": ready,
+            "reasons": reasons,
             "consumer_joined": self.joined,
-            "broker_reachable": self.broker_ok,
+            "broker_reachable": broker_ok,
+            "broker_silent_s": None if silent is None else round(silent, 1),
+            "last_poll_age_s": None if poll_age is None else round(poll_age, 1),
             "store_reachable": self.store_ok,
             "last_error": self.last_error,
         }
+
+
+class _Written(NamedTuple):
+    """What the writer thread did with a batch's valid events."""
+
+    stored: int
+    duplicates: int
+    refused: list[DeadLetter]  # rows the store could not hold: dead letters now
 
 
 class _InFlight(NamedTuple):
@@ -106,37 +184,79 @@ class _InFlight(NamedTuple):
     batch: Mapping[TopicPartition, Sequence[Any]]
     letters: list[DeadLetter]
     records: int
-    write: futures.Future[tuple[int, int]]
+    write: futures.Future[_Written]
 
 
 class _Split(NamedTuple):
     valid: list[IncomingEvent]
+    sources: list[Any]  # the record each valid event came from (same order)
     letters: list[DeadLetter]
+
+
+def dead_letter(record: Any, reason: str, detail: str) -> DeadLetter:
+    """A record's dead letter: its coordinates, original key and bytes, and why."""
+    return DeadLetter(
+        record.topic, record.partition, record.offset, record.key, record.value, reason, detail
+    )
+
+
+def screen_record(value: bytes | None, max_bytes: int) -> EventKeys | Rejection:
+    """The record's verdict; an exception here is the record's fault, never the loop's.
+
+    Screening touches nothing but the bytes, so an exception is a property of them
+    (deep nesting, a decoder bug): the record becomes an `unprocessable` dead letter.
+    MemoryError is the one exception that says nothing about the record.
+    """
+    try:
+        return screen_outcome(value, max_bytes)
+    except MemoryError:
+        raise
+    except Exception as exc:  # the rule above; counted as dead_letters{reason=unprocessable}
+        log.warning("screening raised %s; the record is a dead letter", type(exc).__name__)
+        return Rejection(REASON_UNPROCESSABLE, f"{type(exc).__name__} while screening: {exc}")
 
 
 def split_records(batch: Mapping[TopicPartition, Sequence[Any]], max_bytes: int) -> _Split:
     """One pass over a poll: valid events for the store, the rest as dead letters."""
     valid: list[IncomingEvent] = []
+    sources: list[Any] = []
     letters: list[DeadLetter] = []
     for records in batch.values():
         for record in records:
             value = record.value
-            parsed = screen_outcome(value, max_bytes)
+            parsed = screen_record(value, max_bytes)
             if isinstance(parsed, Rejection):
-                letters.append(
-                    DeadLetter(
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.key,
-                        value,
-                        parsed.reason,
-                        parsed.detail,
-                    )
-                )
+                letters.append(dead_letter(record, parsed.reason, parsed.detail))
             else:
                 valid.append(IncomingEvent(parsed, value))
-    return _Split(valid, letters)
+                sources.append(record)
+    return _Split(valid, sources, letters)
+
+
+def write_isolating(
+    store: ReplayStore, valid: Sequence[IncomingEvent], sources: Sequence[Any]
+) -> _Written:
+    """Write the batch; if the store refuses its data, bisect until the refused rows are
+    alone, store every other row and return the refused ones as dead letters.
+
+    One bad row among n costs about 2·log2(n) extra writes, only when it happens.
+    StoreUnavailableError propagates: that is the store's fault, not a row's.
+    """
+    try:
+        result = store.write_batch(valid)
+    except StoreRejectedError as exc:
+        if len(valid) == 1:
+            letter = dead_letter(sources[0], REASON_UNSTORABLE, f"the store refused it: {exc}")
+            return _Written(0, 0, [letter])
+        half = len(valid) // 2
+        first = write_isolating(store, valid[:half], sources[:half])
+        second = write_isolating(store, valid[half:], sources[half:])
+        return _Written(
+            first.stored + second.stored,
+            first.duplicates + second.duplicates,
+            first.refused + second.refused,
+        )
+    return _Written(result.inserted, result.duplicates, [])
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -175,10 +295,14 @@ class IngestLoop:
         self._metrics = metrics
         self._consumer_factory = consumer_factory
         self._reader_factory = reader_factory
-        self._sender = DeadLetterSender(
-            producer_factory, settings.kafka.dlq_topic, settings.ingest.dlq_send_timeout_s
-        )
         ingest = settings.ingest
+        self._sender = DeadLetterSender(
+            producer_factory,
+            settings.kafka.dlq_topic,
+            ingest.dlq_send_timeout_s,
+            ingest.dlq_max_record_bytes,
+            ingest.dlq_truncated_prefix_bytes,
+        )
         self._backoff = Backoff(
             ingest.reconnect_backoff_initial_s, ingest.reconnect_backoff_max_s, rng
         )
@@ -190,8 +314,10 @@ class IngestLoop:
         self._inflight: _InFlight | None = None
         self._reader: Any | None = None
         self._stop = threading.Event()
-        self.health = IngestHealth()
+        self.health = IngestHealth(stale_after_s=ingest.readiness_timeout_s)
+        metrics.unreachable_seconds.set_function(self.health.unreachable_seconds)
         self.totals = IngestTotals()
+        self._failing_records = 0  # records of the batch that failed last, until it succeeds
         self._next_lag_at = 0.0
         self._lag_partitions: set[int] = set()
         self._next_stats_at = 0.0
@@ -245,6 +371,7 @@ class IngestLoop:
                 self._refresh_gauges(now)
         finally:
             self._shutdown()
+            self.totals.unresolved = self._failing_records
         return self.totals
 
     # --- rebalance callbacks (called inside poll) ----------------------------------------
@@ -281,6 +408,7 @@ class IngestLoop:
         except KafkaError as exc:
             self._broker_failed("cannot reach the broker", exc)
             return False
+        self.health.contact()  # the constructor reached a bootstrap broker
         log.info("consumer connected", extra={"topic": self._settings.kafka.topic})
         return True
 
@@ -300,7 +428,7 @@ class IngestLoop:
             self._broker_failed("poll failed; reconnecting", exc)
             self._close_consumer()
             return None
-        self.health.broker_ok = True
+        self.health.polled(bool(batch))
         self._commit_pending()
         if not batch:
             return self._finish_or_abandon()
@@ -323,7 +451,7 @@ class IngestLoop:
         except _BatchFailedError as failure:
             self._abandon(failure, batch)
             return None
-        write = self._writer.submit(self._write, split.valid)
+        write = self._writer.submit(self._write, split.valid, split.sources)
         self._inflight = _InFlight(batch, split.letters, records, write)
         return report
 
@@ -342,27 +470,34 @@ class IngestLoop:
         inflight = self._inflight
         if inflight is None:
             return None
-        stored, duplicates = inflight.write.result()  # re-raises _BatchFailedError
-        dead = self._deliver_dead_letters(inflight.letters)
+        written = inflight.write.result()  # re-raises _BatchFailedError
+        dead = self._deliver_dead_letters(inflight.letters + written.refused)
         self._inflight = None
+        self._failing_records = 0
         self._backoff.reset()
         self._queue_commit(inflight.batch)
         if commit:
             self._commit_pending()
         self.totals.processed += inflight.records
-        self.totals.dead_letters += dead
-        return BatchReport(inflight.records, stored, duplicates, dead)
+        return BatchReport(inflight.records, written.stored, written.duplicates, dead)
 
     def _abandon(
         self, failure: _BatchFailedError, batch: Mapping[TopicPartition, Sequence[Any]] | None
     ) -> None:
         """Nothing in flight or just polled is committed: rewind to the oldest of it all."""
         positions = rewind_positions(batch) if batch else {}
+        failing = sum(len(records) for records in batch.values()) if batch else 0
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
             futures.wait([inflight.write])  # a scan failure can leave it running
+            failing += inflight.records
             for tp, offset in rewind_positions(inflight.batch).items():
                 positions[tp] = min(offset, positions.get(tp, offset))
+        self._failing_records = failing
+        if failure.kind == "dlq":
+            # An acknowledgement may have been lost: read the DLQ tail again before
+            # these partitions' dead letters are sent again.
+            self._unscanned.update(positions)
         self._retry_later(positions, failure)
 
     def _scan_dlq(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
@@ -386,42 +521,91 @@ class IngestLoop:
                     extra={"partition": tp.partition, "count": len(found)},
                 )
 
-    def _write(self, valid: list[IncomingEvent]) -> tuple[int, int]:
+    def _write(self, valid: list[IncomingEvent], sources: list[Any]) -> _Written:
         if not valid:
-            return 0, 0
+            return _Written(0, 0, [])
         started = time.perf_counter()
         try:
-            result = self._store.write_batch(valid)
+            written = write_isolating(self._store, valid, sources)
         except StoreUnavailableError as exc:
             self.health.store_ok = False
             raise _BatchFailedError("store", f"store write failed: {exc}") from exc
         self._metrics.batch_write_seconds.observe(time.perf_counter() - started)
         self.health.store_ok = True
-        self._metrics.stored.inc(result.inserted)
-        self._metrics.duplicates.inc(result.duplicates)
+        if written.refused:
+            log.warning(
+                "the store refused %d row(s) of a batch; they go to the DLQ (%s)",
+                len(written.refused),
+                written.refused[0].detail,
+            )
+        self._metrics.stored.inc(written.stored)
+        self._metrics.duplicates.inc(written.duplicates)
         # Counted when written, not when committed: rows of a batch that is written and
         # then rewound (e.g. its dead letters failed) are stored, and come back as duplicates.
-        self.totals.stored += result.inserted
-        self.totals.duplicates += result.duplicates
-        return result.inserted, result.duplicates
+        self.totals.stored += written.stored
+        self.totals.duplicates += written.duplicates
+        return written
 
     def _deliver_dead_letters(self, letters: list[DeadLetter]) -> int:
+        """Deliver (3 attempts in place); return how many this call got acknowledged.
+
+        Each acknowledged letter is counted as soon as it is known, even if the batch
+        then fails; a retry first re-reads the DLQ tail for acknowledgements it lost.
+        """
         if not letters:
             return 0
-        delivered_before = {id(letter) for letter in letters if self._is_sent(letter)}
-        for attempt in range(1, DLQ_ATTEMPTS_IN_PLACE + 1):
-            try:
-                self._sender.deliver(letters, self._ledger)
-                break
-            except DeadLetterDeliveryError as exc:
-                self._metrics.errors.labels(kind="dlq").inc()
-                log.warning("dead letters not delivered (attempt %d): %s", attempt, exc)
-                if attempt == DLQ_ATTEMPTS_IN_PLACE or self._stop.wait(self._backoff.next_delay()):
-                    raise _BatchFailedError("dlq", str(exc), counted=True) from exc
-        fresh = [letter for letter in letters if id(letter) not in delivered_before]
-        for letter in fresh:
+        delivered, truncated_before = 0, self._sender.truncated
+        try:
+            for attempt in range(1, DLQ_ATTEMPTS_IN_PLACE + 1):
+                try:
+                    if attempt > 1:
+                        delivered += self._count_delivered(self._learn_from_dlq(letters))
+                    delivered += self._count_delivered(self._sender.deliver(letters, self._ledger))
+                    return delivered
+                except DeadLetterDeliveryError as exc:
+                    delivered += self._count_delivered(exc.acknowledged)
+                    self._dlq_attempt_failed(attempt, exc)
+                except KafkaError as exc:  # reading the DLQ tail failed
+                    self._close_reader()
+                    self._dlq_attempt_failed(attempt, exc)
+        finally:
+            self._metrics.dead_letters_truncated.inc(self._sender.truncated - truncated_before)
+        raise AssertionError("unreachable: the last failed attempt raises")
+
+    def _dlq_attempt_failed(self, attempt: int, exc: Exception) -> None:
+        """Count and log; raise _BatchFailedError after the last attempt or on stop."""
+        self._metrics.errors.labels(kind="dlq").inc()
+        log.warning("dead letters not delivered (attempt %d): %s", attempt, exc)
+        if attempt == DLQ_ATTEMPTS_IN_PLACE or self._stop.wait(self._backoff.next_delay()):
+            raise _BatchFailedError("dlq", str(exc), counted=True) from exc
+
+    def _count_delivered(self, letters: Sequence[DeadLetter]) -> int:
+        for letter in letters:
             self._metrics.dead_letters.labels(reason=letter.reason).inc()
-        return len(fresh)
+        self.totals.dead_letters += len(letters)
+        return len(letters)
+
+    def _learn_from_dlq(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+        """Letters the DLQ holds although their acknowledgement was lost: into the ledger."""
+        pending: dict[TopicPartition, list[DeadLetter]] = {}
+        for letter in letters:
+            if not self._is_sent(letter):
+                pending.setdefault(TopicPartition(letter.topic, letter.partition), []).append(
+                    letter
+                )
+        found: list[DeadLetter] = []
+        for tp, group in pending.items():
+            if self._reader is None:
+                self._reader = self._reader_factory()
+            lowest = min(letter.offset for letter in group)
+            there = scan_already_dead_lettered(
+                self._reader, self._settings.kafka.dlq_topic, tp, lowest
+            )
+            for letter in group:
+                if letter.offset in there:
+                    self._ledger.record(tp, letter.offset)
+                    found.append(letter)
+        return found
 
     def _is_sent(self, letter: DeadLetter) -> bool:
         return self._ledger.already_sent(
@@ -469,6 +653,7 @@ class IngestLoop:
             self.health.last_error = f"commit failed: {exc!r}"
             log.warning("commit failed, will retry: %r", exc)
             return
+        self.health.contact()
         for tp, om in offsets.items():
             self._ledger.committed(tp, om.offset)
         self._pending_commit = {}
@@ -487,6 +672,7 @@ class IngestLoop:
     def _update_lag(self) -> None:
         assert self._consumer is not None
         assigned = list(self._consumer.assignment())
+        self.health.idle_member = self.health.joined and not assigned
         if not assigned:
             return
         try:
@@ -494,8 +680,10 @@ class IngestLoop:
             positions = {tp: self._consumer.position(tp, timeout_ms=2_000) for tp in assigned}
         except KafkaError as exc:
             self._metrics.errors.labels(kind="broker").inc()
+            self.health.last_error = f"cannot read end offsets: {exc!r}"
             log.warning("cannot read end offsets for the lag gauge: %r", exc)
             return
+        self.health.contact()  # the broker answered: the probe /readyz relies on
         known = {tp: pos for tp, pos in positions.items() if pos is not None}
         for partition, behind in lag(ends, known).items():
             self._metrics.consumer_lag.labels(partition=str(partition)).set(behind)
@@ -553,10 +741,12 @@ class IngestLoop:
                 log.warning("closing the consumer failed: %r", exc)
 
     def _finish_or_abandon_quietly(self) -> None:
+        records = self._inflight_records()
         try:
             self._finish_inflight()
         except _BatchFailedError as failure:
             self._inflight = None
+            self._failing_records = max(self._failing_records, records)
             if not failure.counted:
                 self._metrics.errors.labels(kind=failure.kind).inc()
             log.warning("stopping: last batch not committed, will be re-read: %s", failure.message)

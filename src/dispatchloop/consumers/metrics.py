@@ -62,6 +62,17 @@ class IngestMetrics:
             ["kind"],
             registry=registry,
         )
+        self.dead_letters_truncated = Counter(
+            "dispatchloop_dead_letters_truncated",
+            "Dead letters sent as a bounded prefix (the record was too large for the DLQ).",
+            registry=registry,
+        )
+        self.unreachable_seconds = Gauge(
+            "dispatchloop_consumer_unreachable_seconds",
+            "Seconds since the broker last answered the consumer (records fetched, offsets "
+            "read or committed); grows while the consumer cannot fetch.",
+            registry=registry,
+        )
         self.last_batch_timestamp = Gauge(
             "dispatchloop_last_batch_timestamp_seconds",
             "Unix time of the last committed batch.",

@@ -6,6 +6,7 @@
 from dispatchloop.replay.base import (
     IncomingEvent,
     ReplayStore,
+    StoreRejectedError,
     StoreStats,
     StoreUnavailableError,
     TimeWindow,
@@ -17,6 +18,7 @@ __all__ = [
     "IncomingEvent",
     "ReplayStore",
     "StoreMissingError",
+    "StoreRejectedError",
     "StoreStats",
     "StoreUnavailableError",
     "TimeWindow",

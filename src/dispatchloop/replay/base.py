@@ -5,6 +5,9 @@ Contract:
 - `write_batch` is atomic and durable: when it returns, every event in the batch
   is on disk (committed), or, if it raises, none of the batch is. Only then may
   the caller commit Kafka offsets.
+- Failures say whose fault they are: `StoreUnavailableError` (the store: retry later)
+  or `StoreRejectedError` (the data: a value this backend cannot hold; the same rows
+  fail the same way every time, so the caller isolates and dead-letters them).
 - Writes are idempotent on `event_id`: an event whose id is already stored (or
   appears twice in the batch) is counted as a duplicate and not stored again;
   the first stored copy wins.
@@ -56,6 +59,10 @@ class StoreStats:
 
 class StoreUnavailableError(Exception):
     """The store cannot be reached or written (network, disk, permissions)."""
+
+
+class StoreRejectedError(Exception):
+    """The store refused the batch's data itself; nothing of the batch was written."""
 
 
 class ReplayStore(abc.ABC):

@@ -28,6 +28,7 @@ from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay.base import (
     IncomingEvent,
     ReplayStore,
+    StoreRejectedError,
     StoreStats,
     StoreUnavailableError,
     TimeWindow,
@@ -92,8 +93,14 @@ class SqlReplayStore(ReplayStore):
         try:
             with self._engine.begin() as conn:
                 inserted = copy_insert(conn, rows) if self._pg_copy else self._insert(conn, rows)
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.DataError, sa.exc.IntegrityError) as exc:
+            raise StoreRejectedError(f"{type(exc.orig).__name__}: {first_line(exc)}") from exc
+        except sa.exc.DBAPIError as exc:
+            # Operational, interface, programming, internal: the store's state, not the rows'.
             raise self._unavailable("write a batch to", exc) from exc
+        except (ValueError, TypeError, OverflowError) as exc:
+            # Raised while binding a row's values (e.g. a string UTF-8 cannot encode).
+            raise StoreRejectedError(f"{type(exc).__name__}: {exc}") from exc
         return WriteResult(inserted, len(batch) - inserted)
 
     def _insert(self, conn: sa.Connection, rows: list[Row]) -> int:

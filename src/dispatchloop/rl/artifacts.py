@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dispatchloop.decisions.featurizer import (
@@ -172,7 +173,12 @@ def verify_model_files(directory: Path, card: ModelCard) -> None:
 
 
 def load_model(directory: Path) -> LoadedModel:
-    """Load a model directory after verifying hashes and the featurizer version."""
+    """Load a model directory after verifying hashes and the featurizer version.
+
+    Every refusal is an ArtifactError with one sentence, whatever is wrong with the
+    files (the CLI turns it into exit 2): a file with the right sha256 can still be
+    something other than safetensors, and metadata can hold anything JSON can.
+    """
     directory = Path(directory)
     try:
         card = read_card(directory)
@@ -187,16 +193,26 @@ def load_model(directory: Path) -> LoadedModel:
         network = build_network(dict(card.network))
         network.load_state_dict(load_file(str(weights_path)), strict=True)
         config = DQNConfig.from_dict(dict(card.hyperparameters))
-    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
-        raise ArtifactError(f"model in {str(directory)!r} cannot be rebuilt: {exc}") from exc
+    except (ValueError, TypeError, RuntimeError, KeyError, OSError, SafetensorError) as exc:
+        raise ArtifactError(
+            f"model in {str(directory)!r} cannot be rebuilt: {type(exc).__name__}: {_one_line(exc)}"
+        ) from exc
     network.eval()
     return LoadedModel(network, config, card, directory, onnx_path)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else "no detail"
 
 
 def _verify(path: Path, expected: object) -> None:
     if not path.is_file():
         raise ArtifactError(f"model file {str(path)!r} is missing")
-    actual = sha256_of(path)
+    try:
+        actual = sha256_of(path)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read model file {str(path)!r}: {exc.strerror}") from exc
     if actual != expected:
         raise ArtifactError(
             f"sha256 of {str(path)!r} is {actual}, the card says {expected}: "

@@ -69,10 +69,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_broker(timeout_s: float = 30.0, log_dir: Path | None = None) -> LocalBroker:
-    """Start tansu with in-memory storage on a free loopback port and wait until ready."""
+def start_broker(
+    timeout_s: float = 30.0, log_dir: Path | None = None, advertised_port: int | None = None
+) -> LocalBroker:
+    """Start tansu with in-memory storage on a free loopback port and wait until ready.
+
+    `advertised_port`: the port clients are told to use after bootstrap (a proxy in
+    front of the broker, so that every connection goes through it)."""
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="dispatchloop-broker-"))
     log_path = log_dir / f"tansu-{port}.log"
     with log_path.open("wb") as log:
@@ -83,7 +89,7 @@ def start_broker(timeout_s: float = 30.0, log_dir: Path | None = None) -> LocalB
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],

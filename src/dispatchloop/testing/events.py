@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -129,3 +129,79 @@ def malformed_record(rng: np.random.Generator, kind: str, valid: dict[str, Any])
 
 def encode(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
+
+
+# --- a zoo of hostile records: what a careless or malicious producer can send ------------
+
+OVERSIZED_BYTES = 1_200_000
+"""Bigger than a Kafka producer's default max_request_size (1 MiB): too big for the DLQ
+as it is, so its dead letter must go out truncated."""
+
+HOSTILE_KINDS: dict[str, str] = {
+    # kind: the dlq.reason it must get
+    "truncated_json": "invalid_json",
+    "not_an_object": "invalid_json",
+    "nan_reward": "invalid_field",
+    "not_utf8": "not_utf8",
+    "tombstone": "no_value",
+    "schema_v2": "unknown_schema_version",
+    "action_elsewhere": "action_not_a_candidate",
+    "priority_7": "invalid_field",
+    "boolean_step": "invalid_field",
+    "string_candidates": "invalid_field",
+    "duplicate_key": "duplicate_key",
+    "duplicate_driver": "duplicate_candidate",
+    "occurred_first": "occurred_before_decided",
+    "window_reversed": "invalid_window",
+    "null_island": "implausible_coordinates",
+    "deep_nesting": "too_deep",
+    "nul_in_episode": "unstorable_text",
+    "lone_surrogate": "unstorable_text",
+    "too_large": "too_large",
+    "oversized_for_dlq": "too_large",
+}
+
+
+def hostile_record(rng: np.random.Generator, kind: str, valid: dict[str, Any]) -> bytes | None:
+    """Bytes (None: a tombstone) that must become a dead letter with HOSTILE_KINDS[kind]."""
+    fixed: dict[str, Callable[[], bytes | None]] = {
+        "truncated_json": lambda: encode(valid)[: int(rng.integers(10, 200))],
+        "not_an_object": lambda: b"[1, 2, 3]",
+        "not_utf8": lambda: b'{"schema_version": 1, "company_id": "\xff\xfe"}',
+        "tombstone": lambda: None,
+        "deep_nesting": lambda: b'{"schema_version": 1, "x": ' + b"[" * 3_000 + b"]" * 3_000 + b"}",
+        "oversized_for_dlq": lambda: encode({**valid, "padding": "x" * OVERSIZED_BYTES}),
+    }
+    if kind in fixed:
+        return fixed[kind]()
+    broken = json.loads(json.dumps(valid))
+    broken["event_id"] = str(uuid.UUID(bytes=rng.bytes(16), version=4))
+    raw = _break(broken, kind)
+    return raw if raw is not None else encode(broken)
+
+
+def _break(event: dict[str, Any], kind: str) -> bytes | None:
+    """Mutate `event` in place for `kind`, or return the bytes when JSON cannot say it."""
+    if kind == "nan_reward":
+        return encode(event).replace(b'"reward":null', b'"reward":NaN')
+    if kind == "duplicate_key":
+        return encode(event)[:-1] + b',"step":' + str(event["step"] + 1).encode() + b"}"
+    if kind == "lone_surrogate":
+        return encode(event).replace(b'"company_id":"', b'"company_id":"\\ud800', 1)
+    mutations: dict[str, Callable[[], object]] = {
+        "schema_v2": lambda: event.update(schema_version=2),
+        "action_elsewhere": lambda: event["action"].update(driver_id="d-nobody"),
+        "priority_7": lambda: event["booking"].update(priority=7),
+        "boolean_step": lambda: event.update(step=True),
+        "string_candidates": lambda: event.update(candidates="d-0"),
+        "duplicate_driver": lambda: event["candidates"].append(dict(event["candidates"][0])),
+        "occurred_first": lambda: event.update(occurred_at="2000-01-01T00:00:00Z"),
+        "window_reversed": lambda: event["booking"].update(window_end="2000-01-01T00:00:00Z"),
+        "null_island": lambda: event["booking"].update(pickup={"lat": 0.0, "lon": 0.0}),
+        "nul_in_episode": lambda: event.update(episode_id=event["episode_id"] + "\u0000"),
+        "too_large": lambda: event.update(padding="x" * 70_000),
+    }
+    if kind not in mutations:
+        raise ValueError(f"unknown hostile kind {kind!r}")
+    mutations[kind]()
+    return None

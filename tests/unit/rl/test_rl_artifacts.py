@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -20,6 +24,7 @@ from dispatchloop.rl.artifacts import (
     export_onnx_model,
     load_model,
     save_model,
+    sha256_of,
     verify_onnx,
 )
 from dispatchloop.rl.card import CardDraft
@@ -27,6 +32,7 @@ from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.rl.networks import CandidateQNetwork, FlatQNetwork
 
 CONFIG = DQNConfig(hidden_size=32, n_layers=2)
+CLI = (sys.executable, "-m", "dispatchloop.cli")
 
 
 @pytest.fixture
@@ -220,3 +226,75 @@ def test_a_card_with_an_unknown_key_is_refused(tmp_path: Path, network: Candidat
     artifact.card_path.write_text(json.dumps(document))
     with pytest.raises(ArtifactError, match="surprise"):
         load_model(artifact.directory)
+
+
+# --- whatever is wrong with a file: one sentence (ArtifactError), never a traceback -------
+
+
+def _rewrite(directory: Path, **changes: object) -> None:
+    path = directory / "card.json"
+    document = json.loads(path.read_text())
+    document.update(changes)
+    path.write_text(json.dumps(document))
+
+
+def _rehash_weights(directory: Path) -> None:
+    path = directory / "card.json"
+    document = json.loads(path.read_text())
+    document["files"]["model.safetensors"] = sha256_of(directory / "model.safetensors")
+    path.write_text(json.dumps(document))
+
+
+def _junk_weights_with_right_sha(directory: Path) -> None:
+    (directory / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    _rehash_weights(directory)
+
+
+def _other_networks_weights_with_right_sha(directory: Path) -> None:
+    other = CandidateQNetwork.from_config(DQNConfig(hidden_size=8, n_layers=1))
+    save_model(directory.parent / "other", other, CONFIG, export_onnx=False)
+    weights = (directory.parent / "other" / "model.safetensors").read_bytes()
+    (directory / "model.safetensors").write_bytes(weights)
+    _rehash_weights(directory)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "says"),
+    [
+        (_junk_weights_with_right_sha, "SafetensorError"),
+        (_other_networks_weights_with_right_sha, "cannot be rebuilt"),
+        (lambda d: _rewrite(d, network="mlp"), "network"),
+        (lambda d: _rewrite(d, network={"kind": "transformer"}), "unknown network kind"),
+        (lambda d: _rewrite(d, hyperparameters={"learning_rat": 1.0}), "cannot be rebuilt"),
+        (lambda d: _rewrite(d, hyperparameters=None), "hyperparameters"),
+        (lambda d: (d / "card.json").write_bytes(b"\xff\xfe{}"), "card"),
+    ],
+)
+def test_every_refusal_is_one_artifact_error(
+    tmp_path: Path, network: CandidateQNetwork, spoil: Any, says: str
+) -> None:
+    artifact = save_model(tmp_path / "m", network, CONFIG, export_onnx=False)
+    spoil(artifact.directory)
+    with pytest.raises(ArtifactError, match=says) as refused:
+        load_model(artifact.directory)
+    assert "\n" not in str(refused.value)
+
+
+def test_cli_refuses_a_non_safetensors_file_with_the_right_sha_exit_2(
+    tmp_path: Path, network: CandidateQNetwork
+) -> None:
+    artifact = save_model(tmp_path / "m", network, CONFIG, export_onnx=False)
+    _junk_weights_with_right_sha(artifact.directory)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHLOOP_")}
+    env["DISPATCHLOOP_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run(
+        [*CLI, "evaluate", "--episodes", "2", "--policies", f"greedy,{artifact.directory}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "SafetensorError" in result.stderr
