@@ -1,4 +1,4 @@
-"""The loop's settings section: defaults the issue fixes, env/TOML overrides, one-sentence errors."""
+"""The loop settings section: documented defaults, env and TOML overrides, one-sentence errors."""
 
 from __future__ import annotations
 
