@@ -15,6 +15,7 @@ import typer
 
 from dispatchloop.cli import (  # noqa: F401 - importing a group registers its commands
     config,
+    cycles,
     demo,
     evaluate,
     ingest,
