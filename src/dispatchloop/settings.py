@@ -224,6 +224,13 @@ class LoopSettings(_Section):
     check_interval_s: float = Field(
         30.0, gt=0, description="How often the scheduler evaluates its triggers."
     )
+    drift_check_interval_s: float = Field(
+        600.0, gt=0, description="How often the drift scores are computed (reads two windows)."
+    )
+    drift_sample: int = Field(20_000, ge=200, description="Events sampled per drift window.")
+    publish_interval_s: float = Field(
+        5.0, gt=0, description="How often the leader relays the outbox to dispatch.models."
+    )
     min_events: int = Field(
         3_000, ge=1, description="A cycle on fewer stored events is skipped with a reason."
     )

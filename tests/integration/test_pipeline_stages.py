@@ -2,50 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from loop_support import N_EVENTS, fill_store
 
-from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.pipeline.child import ChildLimits
 from dispatchloop.pipeline.common import StageProgress, StageStoppedError
 from dispatchloop.pipeline.fit import NotEnoughDataError, fit_scenario
 from dispatchloop.pipeline.train import TrainSpec, train_in_child
 from dispatchloop.replay import open_store
-from dispatchloop.replay.base import IncomingEvent, TimeWindow
+from dispatchloop.replay.base import TimeWindow
 from dispatchloop.rl.artifacts import load_model
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.settings import RewardSettings
-from dispatchloop.sim.policies import GreedyPolicy
-from dispatchloop.sim.producer import LoggingPolicy, simulated_events
 from dispatchloop.sim.scenario import Scenario
 
 pytestmark = pytest.mark.integration
-
-N_EVENTS = 570  # 30 episodes of 19 bookings
-
-
-def fill_store(url: str, n_events: int = N_EVENTS, seed: int = 7) -> None:
-    """Events of an epsilon-greedy dispatcher, written through the real store."""
-    store = open_store(url)
-    try:
-        batch = []
-        for doc in simulated_events(
-            Scenario.default(),
-            RewardSettings(),
-            LoggingPolicy(GreedyPolicy(), "greedy"),
-            n_events,
-            seed=seed,
-            epsilon=0.3,
-        ):
-            raw = json.dumps(doc).encode()
-            batch.append(IncomingEvent(DispatchOutcomeEvent.model_validate_json(raw), raw))
-        store.write_batch(batch)
-    finally:
-        store.close()
 
 
 @pytest.fixture

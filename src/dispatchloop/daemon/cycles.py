@@ -324,6 +324,12 @@ class CycleStore:
             row = conn.execute(query).mappings().first()
         return _cycle(row) if row is not None else None
 
+    def oldest_start(self) -> datetime | None:
+        """When the first cycle started (the re-tuning clock starts there)."""
+        with self._begin() as conn:
+            value = conn.execute(sa.select(sa.func.min(cycles_table.c.started_at))).scalar()
+        return _utc(value)
+
     # --- operator requests ----------------------------------------------------------
 
     def request_retrain(self, reason: str, requested_by: str) -> int:
