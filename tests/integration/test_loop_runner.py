@@ -192,6 +192,7 @@ def test_the_scheduler_leads_runs_a_requested_cycle_and_pings_the_watchdog(rig: 
         elector=elector,
         cycles=CycleStore(engine_of(scheduler_store)),
         store=scheduler_store,
+        worker_store=rig.store,
         publisher=rig.publisher,
         policy=TriggerPolicy(timedelta(hours=6), 10**9, 0.2, N_EVENTS),
         times=SchedulerTimes(
@@ -206,6 +207,7 @@ def test_the_scheduler_leads_runs_a_requested_cycle_and_pings_the_watchdog(rig: 
         ),
         metrics=rig.metrics,
         notifier=notifier,
+        reward=RewardSettings(),
     )
     stop = threading.Event()
     thread = threading.Thread(target=scheduler.run, args=(stop,))

@@ -19,6 +19,7 @@ from dispatchloop.cli import (  # noqa: F401 - importing a group registers its c
     demo,
     evaluate,
     ingest,
+    run,
     simulate,
     store,
     train,

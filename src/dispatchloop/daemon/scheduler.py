@@ -445,25 +445,33 @@ class Scheduler:
     def __init__(
         self,
         *,
-        runner: CycleRunner,
+        runner: CycleRunner | None,
         elector: LeaderElector,
         cycles: CycleStore,
         store: ReplayStore,
-        publisher: Publisher,
+        worker_store: ReplayStore,
+        publisher: Publisher | None,
         policy: TriggerPolicy,
         times: SchedulerTimes,
         metrics: LoopMetrics,
         notifier: Notifier,
+        reward: RewardSettings,
     ) -> None:
+        """`runner` and `publisher` None: lead and report, run no cycles (no registry yet).
+
+        `store` is used by the scheduler's thread, `worker_store` by the worker's (the
+        store contract allows one thread per instance)."""
         self._runner = runner
         self._elector = elector
         self._cycles = cycles
         self._store = store
+        self._worker_store = worker_store
         self._publisher = publisher
         self._policy = policy
         self._times = times
         self._metrics = metrics
         self._notifier = notifier
+        self._reward = reward
         self._drift: DriftReport | None = None
         self._last: Cycle | None = None
         self._last_error: str | None = None
@@ -520,6 +528,8 @@ class Scheduler:
         if now >= due["check"]:
             due["check"] = now + self._times.check_interval_s
             self._guarded(lambda: self._check(executor, leading))
+        if self._runner is None or self._publisher is None:
+            return
         if self._job is None and leading and now >= due["drift"]:
             due["drift"] = now + self._times.drift_interval_s
             self._submit(executor, "drift", self._compute_drift)
@@ -533,13 +543,18 @@ class Scheduler:
         if not status.leader and self._job_kind == "cycle":
             log.error("lost leadership during a cycle: stopping it")
             self._cycle_stop.set()
-        if status.leader and self._job is None:
+        if status.leader and self._job is None and self._runner is not None:
             remove_staging_in(self._runner.config.models_dir)
 
     def _check(self, executor: ThreadPoolExecutor, leading: bool) -> None:
         self._last = self._cycles.last()
+        if self._runner is None:
+            role = "leading" if leading else "following"
+            self._notifier.status(f"{role}; ingesting; no cycles (no registry/gate plugged in)")
+            return
         if not leading or self._job is not None:
             return
+        runner = self._runner
         requests = self._cycles.pending_requests()
         try:
             events = self._store.count_events()
@@ -554,9 +569,7 @@ class Scheduler:
         self._drift = None  # consumed: the next comparison is against the new window
         status = self._elector.status
         ids = [request.id for request in requests]
-        self._submit(
-            executor, "cycle", lambda: self._runner.run(trigger, status, self._cycle_stop, ids)
-        )
+        self._submit(executor, "cycle", lambda: runner.run(trigger, status, self._cycle_stop, ids))
 
     def _idle_status(self, events: int) -> str:
         last = self._last
@@ -579,14 +592,14 @@ class Scheduler:
 
     def _features(self, window: TimeWindow) -> dict[str, Any]:
         try:
-            total = self._store.count_events(window)
+            total = self._worker_store.count_events(window)
             every = max(1, -(-total // self._times.drift_sample))
             sample = (
                 event
-                for index, event in enumerate(self._store.iter_events(window))
+                for index, event in enumerate(self._worker_store.iter_events(window))
                 if index % every == 0
             )
-            return event_features(sample, self._runner.config.reward)
+            return event_features(sample, self._reward)
         except StoreUnavailableError as exc:
             raise TransientError(f"cannot read events for the drift check: {exc}") from exc
 
