@@ -270,3 +270,51 @@ def test_run_with_an_unreachable_store_exits_2_in_one_sentence(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "hunter2" not in result.stderr
     assert "DISPATCHLOOP_STORE_URL" in result.stderr
+
+
+def _leads(port: int) -> bool | None:
+    try:
+        _, body = http_get(f"http://127.0.0.1:{port}/readyz", timeout_s=2)
+    except OSError:
+        return None
+    return bool(json.loads(body)["loop"]["leader"])
+
+
+def test_two_instances_one_leader_takeover_after_sigkill_and_each_event_stored_once(
+    kafka_bootstrap: str, topic_name: str, pg_url: str, tmp_path: Path, notify: NotifySocket
+):
+    create_topic(kafka_bootstrap, topic_name, 2)
+    env = run_env(kafka_bootstrap, topic_name, pg_url, tmp_path / "data", notify)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    processes = [start_run(env, log, None) for log in logs]
+    try:
+        ports = [metrics_port(log, timeout_s=60) for log in logs]
+        wait_until(lambda: sorted(map(_leads, ports)) == [False, True], 60, "one leader")
+        time.sleep(3.0)
+        assert sorted(map(_leads, ports)) == [False, True], "still exactly one leader"
+        produce(kafka_bootstrap, topic_name, N_EVENTS, seed=21)
+        leader = [_leads(port) for port in ports].index(True)
+        follower = 1 - leader
+        processes[leader].kill()
+        processes[leader].wait(timeout=10)
+        killed_at = time.monotonic()
+        wait_until(lambda: _leads(ports[follower]) is True, 30, "the takeover")
+        assert time.monotonic() - killed_at < 30
+        produce(kafka_bootstrap, topic_name, N_EVENTS, seed=22)
+
+        def stored() -> int:
+            store = open_store(pg_url)
+            try:
+                return store.count_events()
+            finally:
+                store.close()
+
+        wait_until(lambda: stored() == 2 * N_EVENTS, 90, "every event stored")
+        time.sleep(2.0)
+        assert stored() == 2 * N_EVENTS, "each event stored once"
+        assert stop(processes[follower], timeout_s=60) == 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
