@@ -225,10 +225,10 @@ def test_the_scheduler_leads_runs_a_requested_cycle_and_pings_the_watchdog(rig: 
         assert rig.cycles.pending_requests() == []
         assert notifier.watchdogs > 10
         assert any(text.startswith("cycle ") for text in notifier.statuses)
-        assert rig.prom.get_sample_value("dispatchloop_leader", {"instance": "test"}) == 1
+        assert rig.prom.get_sample_value("dispatchloop_leader", {"instance_id": "test"}) == 1
     finally:
         stop.set()
         thread.join(timeout=40)
         scheduler_store.close()
     assert not thread.is_alive()
-    assert rig.prom.get_sample_value("dispatchloop_leader", {"instance": "test"}) == 0
+    assert rig.prom.get_sample_value("dispatchloop_leader", {"instance_id": "test"}) == 0

@@ -36,12 +36,13 @@ class LoopMetrics:
         )
         self.last_cycle_success = Gauge(
             "dispatchloop_last_successful_cycle_timestamp_seconds",
-            "When a cycle last ran to a verdict (promoted, rejected or insufficient evidence).",
+            "When a cycle last ran to a verdict (promoted, rejected or insufficient evidence); "
+            "read from the shared cycle table, so every instance reports it.",
             registry=registry,
         )
         self.last_promotion = Gauge(
             "dispatchloop_last_promotion_timestamp_seconds",
-            "When this process last promoted a champion (0: not yet).",
+            "When a cycle last promoted a champion (0: never), from the shared cycle table.",
             registry=registry,
         )
         self.champion = Info(
@@ -90,7 +91,7 @@ class LoopMetrics:
         self.leader = Gauge(
             "dispatchloop_leader",
             "1 while this instance leads (runs cycles and the outbox publisher).",
-            ["instance"],
+            ["instance_id"],
             registry=registry,
         )
         self.leader_epoch = Gauge(

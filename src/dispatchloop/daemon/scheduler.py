@@ -221,6 +221,7 @@ class CycleRunner:
         self._check(stop)
         candidate = self._timed(run, "train", lambda: self._train(run, fit, config, stop))
         champion = self._registrar.champion()
+        self._metrics.champion.info({"version": champion or ""})
         record = self._timed(run, "judge", lambda: self._judge(candidate, champion, fit, stop))
         self._count_gates(record)
         self._check(stop)
@@ -548,6 +549,7 @@ class Scheduler:
 
     def _check(self, executor: ThreadPoolExecutor, leading: bool) -> None:
         self._last = self._cycles.last()
+        self._export_history()
         if self._runner is None:
             role = "leading" if leading else "following"
             self._notifier.status(f"{role}; ingesting; no cycles (no registry/gate plugged in)")
@@ -570,6 +572,15 @@ class Scheduler:
         status = self._elector.status
         ids = [request.id for request in requests]
         self._submit(executor, "cycle", lambda: runner.run(trigger, status, self._cycle_stop, ids))
+
+    def _export_history(self) -> None:
+        """Timestamps from the shared table: right on every instance and after a restart."""
+        success = self._cycles.last(("promoted", "rejected", "insufficient_evidence"))
+        if success is not None and success.finished_at is not None:
+            self._metrics.last_cycle_success.set(success.finished_at.timestamp())
+        promoted = self._cycles.last(("promoted",))
+        if promoted is not None and promoted.finished_at is not None:
+            self._metrics.last_promotion.set(promoted.finished_at.timestamp())
 
     def _idle_status(self, events: int) -> str:
         last = self._last
