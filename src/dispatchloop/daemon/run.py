@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from dispatchloop.consumers.loop import IngestLoop, configure_gc_for_ingest
 from dispatchloop.consumers.metrics import IngestMetrics
+from dispatchloop.consumers.tls import check_tls
 from dispatchloop.daemon.cycles import CycleStore, engine_of
 from dispatchloop.daemon.http import MetricsServer
 from dispatchloop.daemon.leader import LeaderElector, lock_for
@@ -100,8 +101,12 @@ def no_parts(_settings: Settings, _store: ReplayStore) -> LoopParts | None:
 def run_daemon(
     settings: Settings, parts_factory: PartsFactory, environ: Mapping[str, str] | None = None
 ) -> int:
-    """Run until SIGTERM/SIGINT (0) or a fatal error (1); StoreUnavailableError before start."""
+    """Run until SIGTERM/SIGINT (0) or a fatal error (1).
+
+    Before starting: ConfigError for a TLS certificate problem, StoreUnavailableError
+    for an unreachable store (both exit 2 at the CLI)."""
     environ = os.environ if environ is None else environ
+    check_tls(settings.kafka)  # a certificate problem is exit 2 in one sentence, not a retry loop
     url = settings.resolved_store_url
     stores = _Stores(open_store(url), open_store(url), open_store(url))
     try:
