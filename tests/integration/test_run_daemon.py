@@ -318,3 +318,62 @@ def test_two_instances_one_leader_takeover_after_sigkill_and_each_event_stored_o
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(child) for child in text)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_kill_9_during_training_then_restart_aborts_the_cycle_and_the_next_completes(
+    kafka_bootstrap: str, topic_name: str, sqlite_url: str, tmp_path: Path, notify: NotifySocket
+):
+    create_topic(kafka_bootstrap, topic_name, 1)
+    produce(kafka_bootstrap, topic_name, N_EVENTS)
+    data = tmp_path / "data"
+    log = tmp_path / "run.log"
+    slow = run_env(kafka_bootstrap, topic_name, sqlite_url, data, notify, sim_steps="5000000")
+    process = start_run(slow, log, "promote")
+    try:
+        wait_until(lambda: notify.has("STATUS=train.sim"), 120, "training under way")
+        children = _children(process.pid)
+        assert children, "training runs in a child process"
+        process.kill()
+        process.wait(timeout=10)
+        wait_until(lambda: not any(map(_alive, children)), 30, "the orphaned child to stop")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    (killed,) = cycles_of(sqlite_url)
+    assert (killed.outcome, killed.stage) == ("running", "train")
+    fast = run_env(kafka_bootstrap, topic_name, sqlite_url, data, notify)
+    process = start_run(fast, log, "promote")
+    try:
+        wait_until(
+            lambda: any(c.outcome == "promoted" for c in cycles_of(sqlite_url)), 120, "next cycle"
+        )
+        assert stop(process, timeout_s=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    old = next(c for c in cycles_of(sqlite_url) if c.id == killed.id)
+    assert old.outcome == "aborted" and "during stage train" in old.reasons[0]
+    from dispatchloop.rl.artifacts import load_model
+
+    candidates = sorted((data / "candidates").iterdir())
+    assert not [p for p in candidates if p.name.startswith(".")], "no staging left"
+    for directory in candidates:
+        load_model(directory)  # every directory left is complete and verified

@@ -71,6 +71,15 @@ def test_a_skipped_cycle_is_retried_once_there_is_enough_data():
     assert due_trigger(POLICY, _state(skipped, 3_000)) == "new_events"
 
 
+def test_an_aborted_cycle_is_rerun_with_its_trigger_a_bounded_number_of_times():
+    aborted = _cycle("aborted", hours_ago=0.1)
+    assert due_trigger(POLICY, _state(aborted, 10_000)) == "interval"
+    twice = TriggerState(NOW, aborted, 10_000, 0, None, aborted_in_row=2)
+    assert due_trigger(POLICY, twice) == "interval"
+    thrice = TriggerState(NOW, aborted, 10_000, 0, None, aborted_in_row=3)
+    assert due_trigger(POLICY, thrice) is None
+
+
 def test_skip_reason_and_tune_interval():
     reason = skip_reason(2_999, 3_000)
     assert reason is not None and "2999 stored events, fewer than the 3000" in reason

@@ -36,6 +36,7 @@ from dispatchloop.daemon.cycles import Cycle, CycleStore, Outcome, Trigger
 from dispatchloop.daemon.leader import LeaderElector, LeaderStatus
 from dispatchloop.daemon.metrics import LoopMetrics
 from dispatchloop.daemon.triggers import (
+    MAX_ABORTED_RETRIES,
     DriftReport,
     TriggerPolicy,
     TriggerState,
@@ -562,7 +563,13 @@ class Scheduler:
             events = self._store.count_events()
         except StoreUnavailableError as exc:
             raise TransientError(f"cannot count stored events: {exc}") from exc
-        state = TriggerState(datetime.now(UTC), self._last, events, len(requests), self._drift)
+        recent = self._cycles.recent(MAX_ABORTED_RETRIES + 2)
+        aborted = next(
+            (i for i, cycle in enumerate(recent) if cycle.outcome != "aborted"), len(recent)
+        )
+        state = TriggerState(
+            datetime.now(UTC), self._last, events, len(requests), self._drift, aborted
+        )
         trigger = due_trigger(self._policy, state)
         if trigger is None:
             self._notifier.status(self._idle_status(events))

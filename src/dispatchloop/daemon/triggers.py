@@ -24,6 +24,9 @@ from dispatchloop.settings import RewardSettings
 PSI_BINS = 10
 PSI_FLOOR = 1e-4
 """Smallest bin share used in the log ratio: an empty bin must not make PSI infinite."""
+MAX_ABORTED_RETRIES = 2
+"""A cycle aborted by a crash or a lost leader is re-run at once, at most this many times in a
+row (a cycle that itself kills the process must not make every restart retrain)."""
 MIN_DRIFT_SAMPLE = 200
 """Below this many events in either window no drift is claimed (too few to tell)."""
 DRIFT_FEATURES = ("reward", "pickup_delay_min", "empty_km", "candidates", "priority", "lead_min")
@@ -76,13 +79,16 @@ class TriggerState:
     """Unconsumed `dispatchloop retrain` requests."""
     drift: DriftReport | None = None
     """The drift comparison, when one was computed for this check."""
+    aborted_in_row: int = 0
+    """How many of the newest cycles, in a row, were aborted."""
 
 
 def due_trigger(policy: TriggerPolicy, state: TriggerState) -> Trigger | None:
     """The trigger that fires now, by priority request > drift > new events > interval.
 
     A first cycle starts as soon as the store holds `min_events`; a cycle skipped
-    for lack of data is retried as soon as there is enough, not an interval later.
+    for lack of data is retried as soon as there is enough, not an interval later;
+    an aborted cycle (crash, lost leader, stop) is re-run with its own trigger.
     """
     if state.pending_requests > 0:
         return "request"
@@ -91,6 +97,8 @@ def due_trigger(policy: TriggerPolicy, state: TriggerState) -> Trigger | None:
         return "interval" if state.events_now >= policy.min_events else None
     if last.outcome == "running":
         return None
+    if last.outcome == "aborted" and state.aborted_in_row <= MAX_ABORTED_RETRIES:
+        return last.trigger
     if state.drift is not None and state.drift.drifted:
         return "drift"
     seen = last.events_seen or 0

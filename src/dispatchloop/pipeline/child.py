@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,9 @@ from dispatchloop.pipeline.common import (
 )
 
 log = logging.getLogger(__name__)
+
+ORPHAN_CHECK_S = 0.5
+EXIT_ORPHANED = 3
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -99,7 +103,14 @@ def run_in_child(
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
         target=_child_main,
-        args=(target, arg, sender, logging.getLogger().getEffectiveLevel()),
+        args=(
+            target,
+            arg,
+            sender,
+            logging.getLogger().getEffectiveLevel(),
+            os.getpid(),
+            limits.grace_s,
+        ),
         name=f"dispatchloop-{name}",
         daemon=True,
     )
@@ -166,11 +177,32 @@ def _reap(process: BaseProcess, grace_s: float) -> None:
     process.join(timeout=10.0)
 
 
-def _child_main(
-    target: ChildTarget[Any, Any], arg: Any, sender: Connection, log_level: int
+def _watch_parent(parent_pid: int, stop: threading.Event, grace_s: float) -> None:
+    """A parent killed with SIGKILL cannot stop its child: the child notices and stops itself.
+
+    Orphaned (re-parented), it sets the stop flag — a training stage raises at its
+    next step and saves nothing — and exits hard after the grace if still running.
+    """
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_S)
+    stop.set()
+    time.sleep(grace_s)
+    os._exit(EXIT_ORPHANED)
+
+
+def _child_main(  # noqa: PLR0917 - the spawn target's positional args
+    target: ChildTarget[Any, Any],
+    arg: Any,
+    sender: Connection,
+    log_level: int,
+    parent_pid: int,
+    grace_s: float,
 ) -> None:
     """The child's entry point: it owns its process-wide state (signals, logging)."""
     stop = threading.Event()
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid, stop, grace_s), name="watch-parent", daemon=True
+    ).start()
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
@@ -182,21 +214,27 @@ def _child_main(
     )
 
     def report(item: StageProgress) -> None:
-        sender.send(("progress", item))
+        try:
+            sender.send(("progress", item))
+        except OSError:  # the parent is gone; the watcher stops us
+            stop.set()
 
+    verdict: tuple[Any, ...]
     try:
-        result = target(arg, stop, report)
+        verdict = ("ok", target(arg, stop, report))
     except StageStoppedError as exc:
-        sender.send(("error", "stopped", str(exc)))
+        verdict = ("error", "stopped", str(exc))
     except InputError as exc:
-        sender.send(("error", "input", str(exc)))
+        verdict = ("error", "input", str(exc))
     except FatalError as exc:
-        sender.send(("error", "fatal", str(exc)))
+        verdict = ("error", "fatal", str(exc))
     except TransientError as exc:
-        sender.send(("error", "transient", str(exc)))
-    except Exception as exc:
-        sender.send(("error", "failed", f"{type(exc).__name__}: {exc}"))
-    else:
-        sender.send(("ok", result))
+        verdict = ("error", "transient", str(exc))
+    except Exception as exc:  # the child's last word: any bug, reported typed
+        verdict = ("error", "failed", f"{type(exc).__name__}: {exc}")
+    try:
+        sender.send(verdict)
+    except OSError:  # the parent is gone (killed): nobody to tell
+        pass
     finally:
         sender.close()
