@@ -62,6 +62,8 @@ def test_a_new_leader_aborts_the_dead_leaders_running_cycle(cycles: CycleStore):
     still = cycles.get(mine)
     assert still is not None and still.outcome == "running"
     assert not cycles.finish(orphan, "promoted"), "the dead leader cannot finish it later"
+    assert cycles.abort_orphans(new) == [], "the current term's cycle is left alone"
+    assert cycles.abort_orphans(new, own=True) == [mine]
 
 
 def test_list_is_newest_first_and_requests_are_consumed_once(cycles: CycleStore):

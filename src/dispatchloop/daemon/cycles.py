@@ -270,17 +270,20 @@ class CycleStore:
             )
             return result.rowcount == 1
 
-    def abort_orphans(self, current_epoch: int) -> list[int]:
+    def abort_orphans(self, current_epoch: int, *, own: bool = False) -> list[int]:
         """Mark aborted every running cycle of an earlier leadership term; return their ids.
 
         Called by a new leader before its first cycle: a running cycle of an older
-        epoch belongs to a leader that died or lost its lock mid-cycle.
+        epoch belongs to a leader that died or lost its lock mid-cycle. `own=True`
+        includes the current term: the leader calls it while no cycle of its own
+        runs, for a row whose end could not be written (the database was down).
         """
+        newest = current_epoch if own else current_epoch - 1
         with self._begin() as conn:
             rows = conn.execute(
                 sa.select(cycles_table.c.id, cycles_table.c.stage, cycles_table.c.leader_id).where(
                     cycles_table.c.outcome == "running",
-                    cycles_table.c.leader_epoch < current_epoch,
+                    cycles_table.c.leader_epoch <= newest,
                 )
             ).all()
             for cycle_id, stage, leader in rows:

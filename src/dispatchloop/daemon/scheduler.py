@@ -557,6 +557,11 @@ class Scheduler:
             return
         if not leading or self._job is not None:
             return
+        epoch = self._elector.status.epoch
+        if self._last is not None and self._last.outcome == "running" and epoch is not None:
+            # No cycle of ours runs, yet a row says one does: its end was never written.
+            self._cycles.abort_orphans(epoch, own=True)
+            self._last = self._cycles.last()
         runner = self._runner
         requests = self._cycles.pending_requests()
         try:
