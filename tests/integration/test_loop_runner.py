@@ -232,3 +232,68 @@ def test_the_scheduler_leads_runs_a_requested_cycle_and_pings_the_watchdog(rig: 
         scheduler_store.close()
     assert not thread.is_alive()
     assert rig.prom.get_sample_value("dispatchloop_leader", {"instance_id": "test"}) == 0
+
+
+def test_the_scheduler_sees_drift_between_the_training_window_and_the_recent_one(
+    sqlite_url: str, tmp_path: Path
+):
+    import dataclasses
+    import json
+    from datetime import UTC, datetime
+
+    from dispatchloop.events import DispatchOutcomeEvent
+    from dispatchloop.replay.base import IncomingEvent, TimeWindow
+    from dispatchloop.sim.policies import GreedyPolicy
+    from dispatchloop.sim.producer import DEFAULT_START, LoggingPolicy, simulated_events
+    from dispatchloop.sim.scenario import Scenario
+
+    now = datetime.now(UTC)
+    store = open_store(sqlite_url)
+    base = Scenario.default()
+    for scenario, start, seed in (
+        (base, DEFAULT_START, 1),
+        (dataclasses.replace(base, n_drivers=3), now - timedelta(days=55), 2),  # 1 episode/day
+    ):
+        docs = simulated_events(
+            scenario,
+            RewardSettings(),
+            LoggingPolicy(GreedyPolicy(), "greedy"),
+            950,
+            seed=seed,
+            start=start,
+        )
+        raws = [json.dumps(doc).encode() for doc in docs]
+        store.write_batch(
+            [IncomingEvent(DispatchOutcomeEvent.model_validate_json(r), r) for r in raws]
+        )
+    cycles = CycleStore(engine_of(store))
+    epoch = cycles.new_epoch("test")
+    trained = cycles.start("interval", "test", epoch, events_seen=950)
+    cycles.advance(trained, "fit", {}, window=TimeWindow(DEFAULT_START, now - timedelta(days=100)))
+    cycles.finish(trained, "rejected", ["test"])
+    prom = CollectorRegistry()
+    scheduler = Scheduler(
+        runner=None,
+        elector=LeaderElector(lock_for(sqlite_url), cycles, "test"),
+        cycles=cycles,
+        store=store,
+        worker_store=store,
+        publisher=None,
+        policy=TriggerPolicy(timedelta(hours=6), 10**9, 0.2, 100),
+        times=SchedulerTimes(1, 1, 1, timedelta(days=60), 10_000, 1, 10),
+        metrics=LoopMetrics(prom, "test"),
+        notifier=RecordingNotifier(),
+        reward=RewardSettings(),
+    )
+    try:
+        scheduler._compute_drift()  # what the worker runs every drift_check_interval_s
+        report = scheduler._drift
+        assert report is not None and "candidates" in report.drifted
+        assert prom.get_sample_value("dispatchloop_drift_psi", {"feature": "candidates"}) > 0.2
+        from dispatchloop.daemon.triggers import TriggerState, due_trigger
+
+        last = cycles.last()
+        state = TriggerState(now, last, 1900, 0, report)
+        assert due_trigger(scheduler._policy, state) == "drift"
+    finally:
+        store.close()
