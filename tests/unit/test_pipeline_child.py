@@ -68,6 +68,17 @@ def _wait_for(path: Path, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def _niceness(_arg: None, stop: StopFlag, progress) -> int:
+    return os.nice(0)
+
+
+def test_the_child_runs_at_a_lower_priority_than_its_parent():
+    mine = os.nice(0)
+    assert run_in_child(_niceness, None, limits=LIMITS, stop=threading.Event()) == min(
+        mine + 10, 19
+    )
+
+
 def test_result_and_progress_come_back():
     seen: list[StageProgress] = []
     assert (

@@ -73,6 +73,9 @@ class ChildLimits:
     """Between SIGTERM and SIGKILL."""
     poll_s: float = 0.1
     """How often the parent checks the stop flag and the deadline."""
+    nice: int = 10
+    """Added to the child's niceness: on a busy host the kernel runs ingest, health and
+    metrics before training (benchmarks/loop.py measured why)."""
 
 
 _KINDS: dict[str, type[DispatchloopError]] = {
@@ -110,6 +113,7 @@ def run_in_child(
             logging.getLogger().getEffectiveLevel(),
             os.getpid(),
             limits.grace_s,
+            limits.nice,
         ),
         name=f"dispatchloop-{name}",
         daemon=True,
@@ -197,8 +201,11 @@ def _child_main(  # noqa: PLR0917 - the spawn target's positional args
     log_level: int,
     parent_pid: int,
     grace_s: float,
+    nice: int,
 ) -> None:
-    """The child's entry point: it owns its process-wide state (signals, logging)."""
+    """The child's entry point: it owns its process-wide state (signals, logging, priority)."""
+    if nice:
+        os.nice(nice)
     stop = threading.Event()
     threading.Thread(
         target=_watch_parent, args=(parent_pid, stop, grace_s), name="watch-parent", daemon=True
