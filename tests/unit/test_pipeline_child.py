@@ -74,9 +74,8 @@ def _niceness(_arg: None, stop: StopFlag, progress) -> int:
 
 def test_the_child_runs_at_a_lower_priority_than_its_parent():
     mine = os.nice(0)
-    assert run_in_child(_niceness, None, limits=LIMITS, stop=threading.Event()) == min(
-        mine + 10, 19
-    )
+    assert mine < 19
+    assert run_in_child(_niceness, None, limits=LIMITS, stop=threading.Event()) == 19
 
 
 def test_result_and_progress_come_back():

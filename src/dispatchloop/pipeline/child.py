@@ -73,9 +73,10 @@ class ChildLimits:
     """Between SIGTERM and SIGKILL."""
     poll_s: float = 0.1
     """How often the parent checks the stop flag and the deadline."""
-    nice: int = 10
-    """Added to the child's niceness: on a busy host the kernel runs ingest, health and
-    metrics before training (benchmarks/loop.py measured why)."""
+    nice: int = 19
+    """Added to the child's niceness (19: the lowest priority): on a busy host the kernel
+    runs ingest, health and metrics before training; on an idle one training still gets
+    every spare cycle (benchmarks/loop.py, BENCHMARKS.md "Loop")."""
 
 
 _KINDS: dict[str, type[DispatchloopError]] = {
