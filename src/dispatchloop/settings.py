@@ -271,6 +271,63 @@ class GateSettings(_Section):
     """Bootstrap resamples (whole episodes) of the off-policy intervals."""
 
 
+class LoopSettings(_Section):
+    """The `run` loop: what to train, with what budgets, and when.
+
+    The single source of the loop's defaults: the CLI and the daemon read these,
+    no module keeps its own constant for them.
+    """
+
+    trainer: Literal["dqn", "distill"] = Field(
+        "dqn", description="dqn: offline on the store then fine-tuned in the fitted simulator."
+    )
+    offline_steps: int = Field(2_000, ge=0, description="Gradient steps on stored transitions.")
+    sim_steps: int = Field(12_000, ge=0, description="Simulator steps of (fine-)tuning training.")
+    distill_episodes: int = Field(200, ge=1, description="TRAIN episodes per DAgger round.")
+    train_timeout_s: float = Field(1_800.0, gt=0, description="Training child's time budget.")
+    judge_timeout_s: float = Field(900.0, gt=0, description="The gate's child's time budget.")
+    tune_trials: int = Field(20, ge=1, description="Trials per re-tuning run.")
+    tune_steps_per_trial: int = Field(8_000, ge=100)
+    tune_timeout_s: float = Field(3_600.0, gt=0, description="Tuning child's time budget.")
+    tune_interval_s: float = Field(
+        7 * 24 * 3_600.0, gt=0, description="Re-tune at most this often (warm-started)."
+    )
+    interval_s: float = Field(6 * 3_600.0, gt=0, description="Retrain at least this often.")
+    new_events: int = Field(50_000, ge=1, description="Retrain after this many new events.")
+    drift_metric: Literal["psi"] = "psi"
+    drift_threshold: float = Field(
+        0.2, gt=0, description="PSI above which a distribution has drifted (0.2: a major shift)."
+    )
+    drift_window_s: float = Field(
+        24 * 3_600.0, gt=0, description="The recent window compared with the last training one."
+    )
+    check_interval_s: float = Field(
+        30.0, gt=0, description="How often the scheduler evaluates its triggers."
+    )
+    drift_check_interval_s: float = Field(
+        600.0, gt=0, description="How often the drift scores are computed (reads two windows)."
+    )
+    drift_sample: int = Field(20_000, ge=200, description="Events sampled per drift window.")
+    publish_interval_s: float = Field(
+        5.0, gt=0, description="How often the leader relays the outbox to dispatch.models."
+    )
+    min_events: int = Field(
+        3_000, ge=1, description="A cycle on fewer stored events is skipped with a reason."
+    )
+    train_window_s: float | None = Field(
+        None, gt=0, description="Train on the last this-many seconds; None: everything stored."
+    )
+    stop_grace_s: float = Field(
+        10.0, gt=0, description="After SIGTERM, the child's grace before SIGKILL."
+    )
+    leader_check_interval_s: float = Field(
+        5.0, gt=0, description="Leader lock: liveness check and takeover attempt period."
+    )
+    canary_share: float = Field(0.0, ge=0, le=0.5, description="Traffic share of a challenger.")
+    canary_duration_s: float = Field(24 * 3_600.0, gt=0, description="How long a canary runs.")
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     """Everything dispatchloop can be told. Build it with `load_settings`."""
 
@@ -298,6 +355,8 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+
+    loop: LoopSettings = Field(default_factory=LoopSettings)
 
     @field_validator("store_url")
     @classmethod

@@ -41,6 +41,8 @@ def test_dashboard_is_valid_and_queries_dispatchloop_metrics():
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
         exprs = [target["expr"] for target in panel["targets"]]
         assert exprs and all(METRIC.search(expr) for expr in exprs), panel["title"]
 

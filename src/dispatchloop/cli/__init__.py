@@ -15,11 +15,13 @@ import typer
 
 from dispatchloop.cli import (  # noqa: F401 - importing a group registers its commands
     config,
+    cycles,
     demo,
     evaluate,
     gate,
     ingest,
     models,
+    run,
     serve,
     simulate,
     store,

@@ -1,0 +1,56 @@
+"""The parts `run` plugs into its loop: the promotion gate, the model registry, its outbox.
+
+Built once per process on the leader's worker side, from settings, with the
+process's one metrics registry; the loop (`daemon.scheduler`) sees them only
+through `pipeline.protocols`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry
+
+from dispatchloop.daemon.run import LoopParts
+from dispatchloop.evaluation.gate import GateThresholds
+from dispatchloop.pipeline.child import ChildLimits
+from dispatchloop.pipeline.judge import GateJudge
+from dispatchloop.pipeline.registrar import OutboxRelay, RegistryRegistrar
+from dispatchloop.registry import OutboxPublisher, make_producer, open_registry
+from dispatchloop.registry.metrics import RegistryMetrics
+from dispatchloop.replay.base import ReplayStore
+from dispatchloop.settings import Settings
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def registry_parts(
+    settings: Settings, _store: ReplayStore, metrics: CollectorRegistry
+) -> LoopParts:
+    """The real judge (the gate, in a child), registrar and outbox relay of the store's database."""
+    registry = open_registry(
+        settings.resolved_store_url,
+        settings.resolved_registry_root,
+        clock=_now,
+        metrics=RegistryMetrics(metrics),
+    )
+    options = settings.kafka.client_options()
+    publisher = OutboxPublisher(
+        registry,
+        lambda: make_producer(options, settings.registry.ack_timeout_s),
+        settings.kafka.models_topic,
+        clock=_now,
+        ack_timeout_s=settings.registry.ack_timeout_s,
+        backoff_initial_s=settings.registry.backoff_initial_s,
+        backoff_max_s=settings.registry.backoff_max_s,
+    )
+    judge = GateJudge(
+        registry,
+        settings.resolved_store_url,
+        settings.reward,
+        GateThresholds.from_settings(settings.gate),
+        ChildLimits(settings.loop.judge_timeout_s, settings.loop.stop_grace_s),
+    )
+    return LoopParts(judge, RegistryRegistrar(registry), OutboxRelay(publisher))
