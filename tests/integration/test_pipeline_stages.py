@@ -73,8 +73,11 @@ def test_train_in_child_writes_a_verified_model(filled: str, tmp_path: Path):
     )
     assert model.model_dir == out and model.gradient_steps >= 100
     loaded = load_model(out)
-    assert loaded.metadata["scenario_fingerprint"]
-    assert loaded.metadata["training"]["mode"] == "dqn"
+    card = loaded.card
+    assert card.scenario_fingerprint and card.trainer == "dqn"
+    assert card.training["mode"] == "dqn"
+    assert card.data_window is not None and card.data_window.events is not None
+    assert card.data_window.events > 0
     assert {report.stage for report in seen} <= {"train.offline", "train.sim"}
 
 
