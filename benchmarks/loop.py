@@ -4,13 +4,15 @@ One local tansu broker, a SQLite store in a temporary directory, the real
 `run_daemon` in a child process (same code as `dispatchloop run`) with:
   - the default [loop] settings (trainer dqn, 2,000 offline + 12,000 simulator
     steps, min_events 3,000) except the trigger check period;
-  - a judge that promotes every candidate and an in-memory registry whose
-    promotions are published to the models topic — the real gate (#12) and
-    registry/outbox (#11) are not on this branch; their time is not in (a).
+  - the shipped parts (`daemon.parts.registry_parts`: the gate in a child, the SQL
+    registry, the outbox relay) by default; `--stand-in` for the earlier judge that
+    promotes everything with an in-memory registry (no gate time).
 
 (a) latency: the daemon runs idle on an empty topic; 3,000 events (the default
-    minimum) are produced; clock from the first event produced to the promotion
-    event read back from the models topic; per-stage timings from the cycle row.
+    minimum) are produced; clock from the first event produced to the cycle's start
+    (ingest + trigger), its stages from the cycle row, and the promotion event read
+    back from the models topic. The real gate may not promote the first candidate:
+    then (a) reports the outcome and the time to the decision instead.
 (b) responsiveness: the ingest rate of a 200,000-event backlog waiting in the
     topic when the daemon starts, (i) with no cycle (a daemon without parts) and
     (ii) while a cycle trains (the store already holds 3,000 events, so a cycle
@@ -41,8 +43,10 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
+from prometheus_client import CollectorRegistry
 
 from dispatchloop.daemon.cycles import CycleStore, engine_of
+from dispatchloop.daemon.parts import registry_parts
 from dispatchloop.daemon.run import LoopParts, run_daemon
 from dispatchloop.events import DecisionRecord, DispatchOutcomeEvent, GateResult, ScenarioRef
 from dispatchloop.logs import configure_logging
@@ -117,13 +121,17 @@ def _promote_all(candidate_dir: Path, champion: str | None, fit: Any, stop: Any)
     )
 
 
-def daemon_main(with_parts: bool) -> None:
+def daemon_main(with_parts: bool, stand_in: bool) -> None:
     settings = load_settings()
     configure_logging(settings)
 
-    def parts(settings: Settings, _store: ReplayStore, _metrics: object) -> LoopParts | None:
+    def parts(
+        settings: Settings, store: ReplayStore, metrics: CollectorRegistry
+    ) -> LoopParts | None:
         if not with_parts:
             return None
+        if not stand_in:
+            return registry_parts(settings, store, metrics)
         registry = _Registry()
         return LoopParts(_promote_all, registry, _Publisher(settings, registry))
 
@@ -156,11 +164,14 @@ def _env(bootstrap: str, topic: str, url: str, data: Path, **loop: str) -> dict[
 
 
 class Daemon:
-    def __init__(self, env: dict[str, str], log: Path, with_parts: bool) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, with_parts: bool, stand_in: bool = False
+    ) -> None:
         self.log = log
+        command = [sys.executable, str(HERE), "daemon", "--parts" if with_parts else "--no-parts"]
         with log.open("ab") as handle:
             self.process = subprocess.Popen(
-                [sys.executable, str(HERE), "daemon", "--parts" if with_parts else "--no-parts"],
+                command + (["--stand-in"] if stand_in else []),
                 env=env,
                 stderr=handle,
                 stdout=subprocess.DEVNULL,
@@ -255,27 +266,53 @@ def _first_model_event(bootstrap: str, topic: str, timeout_s: float) -> float:
     raise TimeoutError("no promotion event")
 
 
-def latency(bootstrap: str, work: Path) -> dict[str, Any]:
+def _first_cycle(url: str) -> Any:
+    store = open_store(url)
+    try:
+        cycles = CycleStore(engine_of(store)).recent(5)
+    finally:
+        store.close()
+    return cycles[-1] if cycles else None
+
+
+def _decided(url: str, timeout_s: float) -> tuple[float, Any]:
+    """When the first cycle finished (monotonic clock), and the cycle."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            cycle = _first_cycle(url)
+        except Exception:
+            cycle = None
+        if cycle is not None and cycle.outcome != "running":
+            return time.monotonic(), cycle
+        time.sleep(0.5)
+    raise TimeoutError("no cycle finished")
+
+
+def latency(bootstrap: str, work: Path, stand_in: bool) -> dict[str, Any]:
     topic = f"bench.loop.{uuid.uuid4().hex[:8]}"
     _topic(bootstrap, topic)
     url = f"sqlite:///{work / 'latency.db'}"
-    daemon = Daemon(_env(bootstrap, topic, url, work / "data-a"), work / "a.log", True)
+    env = _env(bootstrap, topic, url, work / "data-a")
+    daemon = Daemon(env, work / "a.log", True, stand_in)
     try:
         daemon.wait_joined()
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         _produce_sim(bootstrap, topic, 3_000, seed=3)
         produced = time.monotonic() - started
-        promoted_at = _first_model_event(bootstrap, f"{topic}.models", timeout_s=900)
+        decided_at, cycle = _decided(url, timeout_s=900)
+        promoted_at = (
+            _first_model_event(bootstrap, f"{topic}.models", timeout_s=120)
+            if cycle.outcome == "promoted"
+            else None
+        )
     finally:
         daemon.stop()
-    store = open_store(url)
-    try:
-        cycle = CycleStore(engine_of(store)).recent(5)[-1]
-    finally:
-        store.close()
     return {
         "produce_s": produced,
-        "total_s": promoted_at - started,
+        "trigger_s": cycle.started_at.timestamp() - wall,
+        "decided_s": decided_at - started,
+        "total_s": None if promoted_at is None else promoted_at - started,
         "cycle": cycle,
     }
 
@@ -359,10 +396,20 @@ def _print_latency(result: dict[str, Any]) -> None:
     print("\n| (a) data → promoted model, default [loop] settings | seconds |")
     print("|---|---|")
     print(f"| produce 3,000 events (first → last acknowledged) | {result['produce_s']:.1f} |")
+    print(
+        f"| first event produced → cycle started (ingest + trigger) | {result['trigger_s']:.1f} |"
+    )
     for stage, seconds in cycle.timings.items():
         print(f"| stage {stage} | {seconds:.1f} |")
-    print(f"| first event produced → promotion event read back | {result['total_s']:.1f} |")
+    print(
+        f"| first event produced → cycle finished (seen by polling) | {result['decided_s']:.1f} |"
+    )
+    total = result["total_s"]
+    shown = "—" if total is None else f"{total:.1f}"
+    print(f"| first event produced → promotion event read back | {shown} |")
     print(f"\ncycle {cycle.id}: trigger {cycle.trigger}, outcome {cycle.outcome}")
+    for reason in cycle.reasons:
+        print(f"  - {reason}")
 
 
 def _print_responsiveness(resp: dict[str, Any], backlog: int) -> None:
@@ -388,20 +435,23 @@ def main() -> None:
     parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "daemon"])
     parser.add_argument("--parts", action="store_true")
     parser.add_argument("--no-parts", action="store_true")
+    parser.add_argument(
+        "--stand-in", action="store_true", help="A judge that promotes everything (no gate)."
+    )
     parser.add_argument("--backlog", type=int, default=200_000)
     parser.add_argument("--skip-latency", action="store_true", help="Only (b).")
     parser.add_argument("--skip-responsiveness", action="store_true", help="Only (a).")
     args = parser.parse_args()
     if args.mode == "daemon":
-        daemon_main(args.parts)
+        daemon_main(args.parts, args.stand_in)
         return
     broker = start_broker()
     work = Path(tempfile.mkdtemp(prefix="dispatchloop-bench-loop-"))
     try:
         load = os.getloadavg()
-        result = None if args.skip_latency else latency(broker.bootstrap, work)
+        result = None if args.skip_latency else latency(broker.bootstrap, work, args.stand_in)
         if result is not None:
-            print(f"(a) {result['total_s']:.1f} s, stages {result['cycle'].timings}", flush=True)
+            print(f"(a) {result['total_s']} s, stages {result['cycle'].timings}", flush=True)
         resp = (
             None
             if args.skip_responsiveness

@@ -46,7 +46,7 @@ class Rig:
     config: CycleConfig
     fence_ok: bool = True
 
-    def runner(self, status=lambda _text: None) -> CycleRunner:
+    def runner(self, status=lambda _text: None, checkpoint=lambda _name: None) -> CycleRunner:
         return CycleRunner(
             config=self.config,
             store=self.store,
@@ -57,6 +57,7 @@ class Rig:
             metrics=self.metrics,
             fence=lambda _epoch: self.fence_ok,
             status=status,
+            checkpoint=checkpoint,
         )
 
     def count(self, trigger: str, outcome: str) -> float:
@@ -126,6 +127,19 @@ def test_promote_then_reject_each_registers_a_version(rig: Rig):
     assert row.window.end is not None and row.events_seen == N_EVENTS
     assert rig.count("interval", "promoted") == 1 and rig.count("request", "rejected") == 1
     assert rig.prom.get_sample_value("dispatchloop_champion_info", {"version": "v1"}) == 1
+
+
+def test_each_stage_passes_its_checkpoint_after_its_row_names_it(rig: Rig):
+    """The crash tests kill `run` at `cycle.<stage>`: the row must already say the stage."""
+    passed: list[tuple[str, str]] = []
+
+    def checkpoint(name: str) -> None:
+        (row,) = rig.cycles.recent(1)
+        passed.append((name, row.stage))
+
+    rig.runner(checkpoint=checkpoint).run("interval", _leader(rig), threading.Event())
+    stages = ["fit", "train", "judge", "register", "promote", "publish"]
+    assert passed == [(f"cycle.{stage}", stage) for stage in stages]
 
 
 def test_too_little_data_skips_with_a_reason_and_trains_nothing(rig: Rig):

@@ -94,7 +94,7 @@ def test_rollback_reads_history_as_a_stack() -> None:
 
 def test_crash_hook_kills_only_at_the_nth_pass_of_its_point() -> None:
     script = (
-        "from dispatchloop.cli.models import crash_checkpoint\n"
+        "from dispatchloop.registry.base import crash_checkpoint\n"
         "hook = crash_checkpoint('move.locked:2')\n"
         "hook('other'); hook('move.locked'); print('alive', flush=True)\n"
         "hook('move.locked'); print('still alive', flush=True)\n"

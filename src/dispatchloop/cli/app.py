@@ -48,3 +48,8 @@ def fail_config(message: str) -> typer.Exit:
     """Report a configuration problem in one sentence; the caller raises the result."""
     typer.echo(f"dispatchloop: configuration error: {message}", err=True)
     return typer.Exit(EXIT_BAD_CONFIG)
+
+
+def fail_store(exc: Exception) -> typer.Exit:
+    """An unreachable replay store (StoreUnavailableError): exit 2 in one sentence."""
+    return fail_config(f"{str(exc).rstrip('.')} (check DISPATCHLOOP_STORE_URL).")

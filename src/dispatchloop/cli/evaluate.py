@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dispatchloop.cli.app import app, fail_config, settings_of
+from dispatchloop.cli.app import app, fail_config, fail_store, settings_of
 from dispatchloop.settings import Settings
 
 
@@ -50,6 +50,7 @@ def evaluate(  # noqa: PLR0917 - Typer maps one parameter per option
     from dispatchloop.evaluation.report import render_table  # noqa: PLC0415
     from dispatchloop.evaluation.run import run_evaluation  # noqa: PLC0415
     from dispatchloop.logs import configure_logging  # noqa: PLC0415
+    from dispatchloop.replay.base import StoreUnavailableError  # noqa: PLC0415
 
     settings = settings_of(ctx)
     configure_logging(settings)
@@ -75,6 +76,8 @@ def evaluate(  # noqa: PLR0917 - Typer maps one parameter per option
         )
     except EvaluationInputError as exc:
         raise fail_config(f"{exc}.") from None
+    except StoreUnavailableError as exc:
+        raise fail_store(exc) from None
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else render_table(report))
 
 

@@ -7,9 +7,9 @@ commit the alias move and its outbox row together, then try to publish for
 `REGISTRY__PUBLISH_TIMEOUT_S`; when the broker is down the event stays queued and
 the command still succeeds (`models publish` or the daemon sends it later).
 
-`DISPATCHLOOP_TEST_CRASH_AT=name[:n]` (tests only) SIGKILLs the process the n-th time
-the registry passes the named checkpoint: how the crash-safety test stops a real
-promotion between staging and publication.
+`DISPATCHLOOP_TEST_CRASH_AT=name[:n]` (tests only; `registry.base.crash_checkpoint`)
+SIGKILLs the process the n-th time the registry passes the named checkpoint: how the
+crash-safety test stops a real promotion between staging and publication.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,8 +31,6 @@ import typer
 from dispatchloop.cli.app import app, fail_config, settings_of
 from dispatchloop.events import ALL_COMPANIES, AliasName
 from dispatchloop.settings import Settings
-
-CRASH_ENV = "DISPATCHLOOP_TEST_CRASH_AT"
 
 models_app = typer.Typer(
     name="models",
@@ -57,27 +55,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def crash_checkpoint(spec: str | None) -> Callable[[str], None]:
-    """The test-only crash hook: SIGKILL at the n-th pass of checkpoint `name`."""
-    if not spec:
-        return lambda name: None
-    name, _, nth = spec.partition(":")
-    remaining = [int(nth or 1)]
-
-    def checkpoint(passed: str) -> None:
-        if passed != name:
-            return
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return checkpoint
-
-
 @contextmanager
 def registry_of(settings: Settings, root: Path | None = None) -> Iterator[Any]:
     """The registry in the store database; an unreachable store is exit 2 in one sentence."""
     from dispatchloop.registry import open_registry  # noqa: PLC0415 - keep --help fast
+    from dispatchloop.registry.base import CRASH_ENV, crash_checkpoint  # noqa: PLC0415
     from dispatchloop.replay import StoreUnavailableError  # noqa: PLC0415
 
     try:
@@ -392,6 +374,7 @@ def publish(
 
 def _publisher(settings: Settings, registry: Any) -> Any:
     from dispatchloop.registry import OutboxPublisher, make_producer  # noqa: PLC0415
+    from dispatchloop.registry.base import CRASH_ENV, crash_checkpoint  # noqa: PLC0415
 
     options = settings.kafka.client_options()
     return OutboxPublisher(

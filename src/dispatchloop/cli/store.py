@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dispatchloop.cli.app import app, fail_config, settings_of
+from dispatchloop.cli.app import app, fail_store, settings_of
 
 store_app = typer.Typer(help="Inspect the replay store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
@@ -25,7 +25,7 @@ def store_stats(
     try:
         stats = read_stats(settings_of(ctx).resolved_store_url)
     except StoreUnavailableError as exc:
-        raise fail_config(str(exc)) from None
+        raise fail_store(exc) from None
     if as_json:
         typer.echo(json.dumps(stats_document(stats)))
         return

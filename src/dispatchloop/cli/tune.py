@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dispatchloop.cli.app import app, fail_config, settings_of
+from dispatchloop.cli.app import app, fail_config, fail_store, settings_of
 
 
 @app.command("tune")
@@ -50,6 +50,7 @@ def tune(  # noqa: PLR0917 - Typer maps one parameter per option
     from dispatchloop.evaluation.policies import EvaluationInputError  # noqa: PLC0415
     from dispatchloop.evaluation.simulated import load_scenario  # noqa: PLC0415
     from dispatchloop.logs import configure_logging  # noqa: PLC0415
+    from dispatchloop.replay.base import StoreUnavailableError  # noqa: PLC0415
     from dispatchloop.tuning import command  # noqa: PLC0415
 
     settings = settings_of(ctx)
@@ -76,6 +77,8 @@ def tune(  # noqa: PLR0917 - Typer maps one parameter per option
         )
     except (command.TuneInputError, EvaluationInputError) as exc:
         raise fail_config(f"{exc}.") from None
+    except StoreUnavailableError as exc:
+        raise fail_store(exc) from None
     typer.echo(json.dumps(command.result_json(result)) if as_json else command.summary(result))
 
 
@@ -96,6 +99,7 @@ def compare(  # noqa: PLR0917 - Typer maps one parameter per option
     from dispatchloop.evaluation.report import render_table  # noqa: PLC0415
     from dispatchloop.evaluation.simulated import load_scenario  # noqa: PLC0415
     from dispatchloop.logs import configure_logging  # noqa: PLC0415
+    from dispatchloop.replay.base import StoreUnavailableError  # noqa: PLC0415
     from dispatchloop.tuning import command  # noqa: PLC0415
 
     settings = settings_of(ctx)
@@ -108,4 +112,6 @@ def compare(  # noqa: PLR0917 - Typer maps one parameter per option
         result = command.compare(request, world, settings.reward)
     except (command.CompareInputError, EvaluationInputError) as exc:
         raise fail_config(f"{exc}.") from None
+    except StoreUnavailableError as exc:
+        raise fail_store(exc) from None
     typer.echo(json.dumps(result.to_json(), indent=2) if as_json else render_table(result.report))

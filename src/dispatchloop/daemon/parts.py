@@ -17,6 +17,7 @@ from dispatchloop.pipeline.child import ChildLimits
 from dispatchloop.pipeline.judge import GateJudge
 from dispatchloop.pipeline.registrar import OutboxRelay, RegistryRegistrar
 from dispatchloop.registry import OutboxPublisher, make_producer, open_registry
+from dispatchloop.registry.base import Checkpoint, no_checkpoint
 from dispatchloop.registry.metrics import RegistryMetrics
 from dispatchloop.replay.base import ReplayStore
 from dispatchloop.settings import Settings
@@ -27,13 +28,21 @@ def _now() -> datetime:
 
 
 def registry_parts(
-    settings: Settings, _store: ReplayStore, metrics: CollectorRegistry
+    settings: Settings,
+    _store: ReplayStore,
+    metrics: CollectorRegistry,
+    *,
+    checkpoint: Checkpoint = no_checkpoint,
 ) -> LoopParts:
-    """The real judge (the gate, in a child), registrar and outbox relay of the store's database."""
+    """The real judge (the gate, in a child), registrar and outbox relay of the store's database.
+
+    `checkpoint` (crash tests only, `registry.base.crash_checkpoint`) is passed to the
+    registry, the outbox publisher and the cycle runner's stage boundaries."""
     registry = open_registry(
         settings.resolved_store_url,
         settings.resolved_registry_root,
         clock=_now,
+        checkpoint=checkpoint,
         metrics=RegistryMetrics(metrics),
     )
     options = settings.kafka.client_options()
@@ -45,6 +54,7 @@ def registry_parts(
         ack_timeout_s=settings.registry.ack_timeout_s,
         backoff_initial_s=settings.registry.backoff_initial_s,
         backoff_max_s=settings.registry.backoff_max_s,
+        checkpoint=checkpoint,
     )
     judge = GateJudge(
         registry,
@@ -53,4 +63,4 @@ def registry_parts(
         GateThresholds.from_settings(settings.gate),
         ChildLimits(settings.loop.judge_timeout_s, settings.loop.stop_grace_s),
     )
-    return LoopParts(judge, RegistryRegistrar(registry), OutboxRelay(publisher))
+    return LoopParts(judge, RegistryRegistrar(registry), OutboxRelay(publisher), checkpoint)

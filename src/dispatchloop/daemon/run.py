@@ -46,6 +46,7 @@ from dispatchloop.daemon.systemd import SystemdNotifier
 from dispatchloop.daemon.triggers import TriggerPolicy
 from dispatchloop.errors import FatalError
 from dispatchloop.pipeline.protocols import Judge, Publisher, Registrar
+from dispatchloop.registry.base import Checkpoint, no_checkpoint
 from dispatchloop.replay.base import ReplayStore
 from dispatchloop.replay.engine import open_store
 from dispatchloop.settings import ConfigError, Settings
@@ -67,6 +68,8 @@ class LoopParts:
     """The model registry's write side."""
     publisher: Publisher
     """The outbox relay to dispatch.models."""
+    checkpoint: Checkpoint = no_checkpoint
+    """Passed at each stage the cycle runner enters (`cycle.<stage>`); crash tests only."""
 
 
 @dataclass
@@ -174,6 +177,7 @@ def _scheduler(  # noqa: PLR0917 - private wiring of run_daemon's parts
             metrics=metrics,
             fence=elector.still_leading,
             status=notifier.status,
+            checkpoint=parts.checkpoint,
         )
     return Scheduler(
         runner=runner,

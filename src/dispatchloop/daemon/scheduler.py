@@ -58,6 +58,7 @@ from dispatchloop.pipeline.fit import NotEnoughDataError, ScenarioFit, fit_scena
 from dispatchloop.pipeline.protocols import Judge, Publisher, Registrar
 from dispatchloop.pipeline.train import Trainer, TrainSpec, train_in_child
 from dispatchloop.pipeline.tune import TuneSpec, tune_params
+from dispatchloop.registry.base import Checkpoint, no_checkpoint
 from dispatchloop.replay.base import ReplayStore, StoreUnavailableError, TimeWindow
 from dispatchloop.rl.hyperparams import DQNConfig
 from dispatchloop.settings import RewardSettings, Settings
@@ -167,8 +168,10 @@ class CycleRunner:
         metrics: LoopMetrics,
         fence: Callable[[int], bool],
         status: Callable[[str], None] = lambda _text: None,
+        checkpoint: Checkpoint = no_checkpoint,
     ) -> None:
         self.config = config
+        self._checkpoint = checkpoint
         self._store = store
         self._cycles = cycles
         self._judge = judge
@@ -329,6 +332,7 @@ class CycleRunner:
     def _timed(self, run: _Run, stage: str, work: Callable[[], Any]) -> Any:
         self._cycles.advance(run.cycle_id, stage, run.timings)
         self._status(f"cycle {run.cycle_id} ({run.trigger}): {stage}")
+        self._checkpoint(f"cycle.{stage}")
         started = time.monotonic()
         try:
             return work()

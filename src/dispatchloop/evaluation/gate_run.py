@@ -73,19 +73,23 @@ class GateInputs(NamedTuple):
     """How the logs were found (or why there are none)."""
 
 
+def _unreachable(exc: StoreUnavailableError) -> str:
+    return f"{str(exc).rstrip('.')} (check DISPATCHLOOP_STORE_URL)"
+
+
 def gate_inputs(settings: Settings, scenario: str) -> GateInputs:
     """Scenario and logs for `gate --scenario store|default`."""
     source = scenario_source(scenario)
     try:
         world, _ = load_scenario(source, settings.resolved_store_url)
     except StoreUnavailableError as exc:
-        raise EvaluationInputError(str(exc).rstrip(".")) from None
+        raise EvaluationInputError(_unreachable(exc)) from None
     try:
         store = open_store(settings.resolved_store_url, create=False)
     except StoreUnavailableError as exc:
         if source == "store":
-            raise EvaluationInputError(str(exc).rstrip(".")) from None
-        return GateInputs(world, None, None, f"no replay store ({exc})")
+            raise EvaluationInputError(_unreachable(exc)) from None
+        return GateInputs(world, None, None, f"no replay store ({_unreachable(exc)})")
     try:
         stats = store.stats()
         window = None

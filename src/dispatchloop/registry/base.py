@@ -45,6 +45,8 @@ Contract:
 from __future__ import annotations
 
 import abc
+import os
+import signal
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -69,6 +71,31 @@ Clock = Callable[[], datetime]
 
 def no_checkpoint(name: str) -> None:
     """The default checkpoint: nothing happens."""
+
+
+CRASH_ENV = "DISPATCHLOOP_TEST_CRASH_AT"
+"""Tests only: `name[:n]` makes the process SIGKILL itself the n-th time it passes checkpoint
+`name` (registry `register.*`, `move.*`, `publish.*`; the loop's `cycle.<stage>`). Read by the
+entry points (`models`, `run`), never by the library."""
+
+
+def crash_checkpoint(spec: str | None) -> Checkpoint:
+    """The test-only crash hook for `CRASH_ENV`'s value: SIGKILL at the n-th pass of `name`.
+
+    No spec (production): `no_checkpoint`."""
+    if not spec:
+        return no_checkpoint
+    name, _, nth = spec.partition(":")
+    remaining = [int(nth or 1)]
+
+    def checkpoint(passed: str) -> None:
+        if passed != name:
+            return
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return checkpoint
 
 
 class VersionNotFoundError(InputError):
