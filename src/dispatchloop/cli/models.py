@@ -373,18 +373,14 @@ def publish(
 
 
 def _publisher(settings: Settings, registry: Any) -> Any:
-    from dispatchloop.registry import OutboxPublisher, make_producer  # noqa: PLC0415
     from dispatchloop.registry.base import CRASH_ENV, crash_checkpoint  # noqa: PLC0415
+    from dispatchloop.registry.outbox import publisher_from_settings  # noqa: PLC0415
 
-    options = settings.kafka.client_options()
-    return OutboxPublisher(
+    return publisher_from_settings(
         registry,
-        lambda: make_producer(options, settings.registry.ack_timeout_s),
-        settings.kafka.models_topic,
+        settings.kafka,
+        settings.registry,
         clock=_now,
-        ack_timeout_s=settings.registry.ack_timeout_s,
-        backoff_initial_s=settings.registry.backoff_initial_s,
-        backoff_max_s=settings.registry.backoff_max_s,
         checkpoint=crash_checkpoint(os.environ.get(CRASH_ENV)),
     )
 

@@ -16,9 +16,10 @@ from dispatchloop.evaluation.gate import GateThresholds
 from dispatchloop.pipeline.child import ChildLimits
 from dispatchloop.pipeline.judge import GateJudge
 from dispatchloop.pipeline.registrar import OutboxRelay, RegistryRegistrar
-from dispatchloop.registry import OutboxPublisher, make_producer, open_registry
+from dispatchloop.registry import open_registry
 from dispatchloop.registry.base import Checkpoint, no_checkpoint
 from dispatchloop.registry.metrics import RegistryMetrics
+from dispatchloop.registry.outbox import publisher_from_settings
 from dispatchloop.replay.base import ReplayStore
 from dispatchloop.settings import Settings
 
@@ -45,16 +46,8 @@ def registry_parts(
         checkpoint=checkpoint,
         metrics=RegistryMetrics(metrics),
     )
-    options = settings.kafka.client_options()
-    publisher = OutboxPublisher(
-        registry,
-        lambda: make_producer(options, settings.registry.ack_timeout_s),
-        settings.kafka.models_topic,
-        clock=_now,
-        ack_timeout_s=settings.registry.ack_timeout_s,
-        backoff_initial_s=settings.registry.backoff_initial_s,
-        backoff_max_s=settings.registry.backoff_max_s,
-        checkpoint=checkpoint,
+    publisher = publisher_from_settings(
+        registry, settings.kafka, settings.registry, clock=_now, checkpoint=checkpoint
     )
     judge = GateJudge(
         registry,

@@ -32,6 +32,7 @@ from dispatchloop.errors import FatalError
 from dispatchloop.events import SCHEMA_VERSION, ModelPromotedEvent
 from dispatchloop.registry.base import Checkpoint, Clock, ModelRegistry, OutboxRow, no_checkpoint
 from dispatchloop.registry.metrics import RegistryMetrics
+from dispatchloop.settings import KafkaSettings, RegistrySettings
 
 logger = logging.getLogger(__name__)
 
@@ -216,3 +217,25 @@ def make_producer(client_options: dict[str, Any], ack_timeout_s: float) -> Produ
         **options,
     )
     return producer
+
+
+def publisher_from_settings(
+    registry: ModelRegistry,
+    kafka: KafkaSettings,
+    settings: RegistrySettings,
+    *,
+    clock: Clock,
+    checkpoint: Checkpoint = no_checkpoint,
+) -> OutboxPublisher:
+    """The outbox publisher the `models` commands and the daemon build from their settings."""
+    options = kafka.client_options()
+    return OutboxPublisher(
+        registry,
+        lambda: make_producer(options, settings.ack_timeout_s),
+        kafka.models_topic,
+        clock=clock,
+        ack_timeout_s=settings.ack_timeout_s,
+        backoff_initial_s=settings.backoff_initial_s,
+        backoff_max_s=settings.backoff_max_s,
+        checkpoint=checkpoint,
+    )
