@@ -236,7 +236,7 @@ def main() -> None:
     )
     print("\n| path | msg/s | ratio to (a) | CPU µs/record |\n|---|---|---|---|")
     for name, rate in rows:
-        print(f"| {name} | {rate.per_s:,.0f} | {rate.per_s / peer:.2f} | {rate.cpu_us:.0f} |")
+        print(f"| {name} | {rate.per_s:,.0f} | {rate.per_s / peer:.2f} | {rate.cpu_us:.1f} |")
 
 
 if __name__ == "__main__":

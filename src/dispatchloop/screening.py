@@ -21,20 +21,26 @@ the reason it always did, and a valid but unusual event ("priority": "2") is
 still stored.
 
 What the stores and other readers need (duplicate keys, depth, text a store can
-hold) is the one function `events.document_rejection` on both paths: screening
-decodes the bytes once into plain dicts, asks it about that document (cheap when
-nothing is wrong), then converts the dicts into the structs. A record with a
-backslash (an escape) goes to the models straight away. Booleans are not numbers in
-msgspec's strict conversion, as in the models.
+hold) is decided without a second decode for the records a producer usually sends:
+they are decoded into structs that know every field, learned at run time (the extra
+fields a producer adds, which optional fields it omits), and the quotes of the bytes
+are counted against the structs (the "typed path" below says why that is exact).
+Anything else takes the exact way: decoded once into plain dicts, judged by
+`events.document_rejection` (the function the models' path runs), then converted
+into the structs. A record with a backslash (an escape) goes to the models straight
+away. Booleans are not numbers in msgspec's strict decoding, as in the models.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Literal
+from operator import attrgetter
+from typing import Annotated, Any, Literal, Union, get_type_hints
 from uuid import UUID
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from dispatchloop.events import (
     MAX_CANDIDATES,
@@ -141,17 +147,33 @@ def _screen_fast(raw: bytes) -> ScreenedEvent | None:
     """The keys when every rule visibly holds; None means "let pydantic decide"."""
     if b"\\" in raw:  # escapes: U+0000, surrogates, quotes in strings are the models' call
         return None
+    event = _decode_typed(raw)
+    if event is None:  # an unknown field not learned, an extra that is not a scalar, ...
+        return _screen_documented(raw)
+    return _keys_if_consistent(event)
+
+
+def _screen_documented(raw: bytes) -> ScreenedEvent | None:
+    """The exact fallback: plain dicts judged by `document_rejection`, then the structs."""
     try:
         document = _GENERIC.decode(raw)
         if type(document) is not dict or document_rejection(raw, document) is not None:
             return None
         event = msgspec.convert(document, _Event)  # cheaper than decoding the bytes again
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        # ValidationError is a DecodeError; RecursionError: nesting beyond msgspec's limit
+        return None
+    return _keys_if_consistent(event)
+
+
+def _keys_if_consistent(event: Any) -> ScreenedEvent | None:
+    """The cross-field rules on decoded structs (mirror or learned ones)."""
+    try:
         decided_at = datetime.fromisoformat(event.decided_at)
         occurred_at = datetime.fromisoformat(event.occurred_at)
         window_start = datetime.fromisoformat(event.booking.window_start)
         window_end = datetime.fromisoformat(event.booking.window_end)
-    except (msgspec.DecodeError, ValueError, RecursionError):
-        # ValidationError is a DecodeError; RecursionError: nesting beyond msgspec's limit
+    except ValueError:
         return None
     if (
         occurred_at < decided_at
@@ -164,10 +186,250 @@ def _screen_fast(raw: bytes) -> ScreenedEvent | None:
     return ScreenedEvent(event.event_id, event.episode_id, event.step, decided_at)
 
 
-def _is_null_island(point: _LatLon) -> bool:
-    return point.lat == 0.0 and point.lon == 0.0
+def _is_null_island(point: Any) -> bool:
+    return bool(point.lat == 0.0 and point.lon == 0.0)
 
 
-def _action_among_unique_candidates(event: _Event) -> bool:
+def _action_among_unique_candidates(event: Any) -> bool:
     drivers = {candidate.driver_id for candidate in event.candidates}
     return len(drivers) == len(event.candidates) and event.action.driver_id in drivers
+
+
+# --- the typed path: structs that know every field, so the bytes' quotes can be counted --
+#
+# The hardening's exact checks (duplicate keys, depth, unstorable text) cost a second
+# decode into plain dicts as long as the mirror structs skip unknown fields. The structs
+# below are the mirror's, derived mechanically, with what this producer sends learned:
+#   - forbid_unknown_fields: every key of every object is a field of its struct;
+#   - a field the models default (eligible, model_version, propensity, reward) is
+#     required until a record lacks it, then defaults to UNSET: "absent" and "present
+#     with the default value" stay distinguishable;
+#   - the extra keys a producer adds (ignored by the models) are learned at run time from
+#     msgspec's "unknown field" error and become fields: a required string until a
+#     record lacks it or holds another scalar, then one optional JSON scalar. An extra
+#     holding an object or an array fails the typed decode.
+# Then, in bytes without a backslash, every `"` opens or closes a key or a string value,
+# and each key and string value of the bytes is one field (or one field's string value)
+# of the decoded structs, unless a key appears twice in one object: the structs keep one
+# copy, and the bytes have at least two quotes more. So "no duplicate key" is exactly
+# `raw.count(b'"') == _expected_quotes(event)`. Every object or array of the bytes is one
+# struct or the candidates list, so the depth is 3. msgspec refuses raw control
+# characters (U+0000 included) and invalid UTF-8 in the strings it decodes (all of them
+# here, nothing is skipped; other bytes are checked here), and without a backslash no
+# escape can spell a surrogate. Whatever this path cannot decode or learn goes to
+# `_screen_documented`, the exact check on plain dicts. What was learned changes the
+# cost of a record, never its verdict.
+
+_Extra = str | int | float | bool | None
+MAX_LEARNED_EXTRAS = 32
+"""Extra field names learned per process; beyond it, more unknown fields take the exact path."""
+
+_DEFAULTED = {  # the fields the models give a default, and their struct
+    "eligible": "candidate",
+    "model_version": "action",
+    "propensity": "action",
+    "reward": "event",
+}
+# Quotes of the always-required keys and string values: event 32, booking 18 + 2 × 4
+# (pickup, dropoff), action 8, outcome 10; a candidate 12. Tests pin both, and the whole
+# count, to msgspec's own encoding of the structs.
+_FIXED_QUOTES = 76
+_CANDIDATE_QUOTES = 12
+_LEVEL_PATHS = {
+    "event": ("",),
+    "booking": (".booking",),
+    "latlon": (".booking.pickup", ".booking.dropoff"),
+    "candidate": (".candidates",),
+    "action": (".action",),
+    "outcome": (".outcome",),
+}
+_LEVELS = {path: level for level, paths in _LEVEL_PATHS.items() for path in paths}
+_UNKNOWN = "Object contains unknown field `"
+_MISSING = "Object missing required field `"
+_NOT_A_STRING = "Expected `str`, got `"
+_AT = " - at `$"
+_INDEX = re.compile(r"\[\d+\]")
+_ELIGIBLE = attrgetter("eligible")
+
+# An extra field: (its JSON key, a string in every record so far).
+_ExtraField = tuple[str, bool]
+
+
+class _Learned:
+    """The typed decoder for the producer's shape learned so far."""
+
+    def __init__(
+        self, optional: frozenset[str], extras: dict[str, tuple[_ExtraField, ...]]
+    ) -> None:
+        self.optional = optional
+        self.extras = extras
+        self.count = sum(map(len, extras.values()))
+        latlon = self._struct("latlon", _LatLon, {})
+        booking = self._struct("booking", _Booking, {"pickup": latlon, "dropoff": latlon})
+        candidate = self._struct("candidate", _Candidate, {})
+        candidates = Annotated[
+            list[candidate],  # type: ignore[valid-type]
+            msgspec.Meta(min_length=1, max_length=MAX_CANDIDATES),
+        ]
+        replace = {
+            "booking": booking,
+            "candidates": candidates,
+            "action": self._struct("action", _Action, {}),
+            "outcome": self._struct("outcome", _Outcome, {}),
+        }
+        self.decoder = msgspec.json.Decoder(self._struct("event", _Event, replace))
+        # What every record holds is counted once here; the rest per record.
+        fixed = _FIXED_QUOTES + 2 * sum(
+            name not in optional for name, level in _DEFAULTED.items() if level != "candidate"
+        )
+        per_candidate = _CANDIDATE_QUOTES + (0 if "eligible" in optional else 2)
+        loose_single: list[str] = []
+        self.loose_candidate: list[Any] = []
+        for level, fields in extras.items():
+            for index, (_, text) in enumerate(fields):
+                attribute = f"extra{index}_"
+                if text and level == "candidate":
+                    per_candidate += 4
+                elif text:
+                    fixed += 4 * len(_LEVEL_PATHS[level])
+                elif level == "candidate":
+                    self.loose_candidate.append(attrgetter(attribute))
+                else:
+                    loose_single.extend(
+                        f"{path[1:]}.{attribute}" if path else attribute
+                        for path in _LEVEL_PATHS[level]
+                    )
+        self.fixed_quotes, self.candidate_quotes = fixed, per_candidate
+        self.loose_single = attrgetter(*loose_single, "step") if loose_single else None
+        self.loose = bool(optional or loose_single or self.loose_candidate)
+
+    def _struct(self, level: str, mirror: type[msgspec.Struct], replace: dict[str, Any]) -> Any:
+        hints = get_type_hints(mirror, include_extras=True)
+        fields: list[Any] = []
+        for name in mirror.__struct_fields__:
+            kind = replace.get(name, hints[name])
+            optional = name in self.optional
+            fields.append((name, Union[kind, UnsetType], UNSET) if optional else (name, kind))  # noqa: UP007
+        rename = {}
+        for index, (key, text) in enumerate(self.extras.get(level, ())):
+            attribute = f"extra{index}_"
+            rename[attribute] = key
+            optional_extra = (attribute, Union[_Extra, UnsetType], UNSET)  # noqa: UP007
+            fields.append((attribute, str) if text else optional_extra)
+        return msgspec.defstruct(
+            f"_Typed{mirror.__name__}",
+            fields,
+            gc=False,
+            kw_only=True,  # a required extra may follow a defaulted field
+            forbid_unknown_fields=True,
+            rename=rename,
+        )
+
+    def learn(self, error: msgspec.ValidationError) -> _Learned | None:
+        """The shape that also allows what `error` refused, or None if it is no shape's."""
+        message = str(error)
+        if message.startswith(_NOT_A_STRING):  # "… - at `$.booking.key`"
+            path = _INDEX.sub("", message.rpartition(_AT)[2][:-1])
+            for level, paths in _LEVEL_PATHS.items():
+                for prefix in paths:
+                    if path.startswith(f"{prefix}."):
+                        demoted = self._demoted(level, path[len(prefix) + 1 :])
+                        if demoted is not None:
+                            return demoted
+            return None
+        for start in (_UNKNOWN, _MISSING):
+            if message.startswith(start):
+                break
+        else:
+            return None
+        # "…field `name`" at the top, "…field `name` - at `$.booking`" below it; the path
+        # only names the structs' own fields (extras are scalars), so split at its start.
+        body = message[len(start) : -1]
+        name, at, path = body.rpartition(f"`{_AT}")
+        if not at:
+            name, path = body, ""
+        found = _LEVELS.get(_INDEX.sub("", path))
+        if found is None:
+            return None
+        level = found
+        if start == _MISSING:
+            if _DEFAULTED.get(name) == level and name not in self.optional:
+                return _Learned(self.optional | {name}, self.extras)
+            return self._demoted(level, name)
+        if self.count >= MAX_LEARNED_EXTRAS or name in self._keys(level):
+            return None
+        added = (*self.extras.get(level, ()), (name, True))
+        return _Learned(self.optional, {**self.extras, level: added})
+
+    def _keys(self, level: str) -> list[str]:
+        return [key for key, _ in self.extras.get(level, ())]
+
+    def _demoted(self, level: str, name: str) -> _Learned | None:
+        """The shape where the string extra `name` of `level` is any optional scalar."""
+        fields = self.extras.get(level, ())
+        if (name, True) not in fields:
+            return None
+        loosened = tuple((key, text and key != name) for key, text in fields)
+        return _Learned(self.optional, {**self.extras, level: loosened})
+
+
+class _Current:
+    """The shape learned so far in this process (screening runs on the loop's thread)."""
+
+    learned = _Learned(frozenset(), {})
+
+
+def _decode_typed(raw: bytes) -> Any:
+    """The learned structs of a record whose quotes prove it has no duplicate key, or None."""
+    if not raw.isascii():
+        try:  # invalid UTF-8 anywhere (msgspec checks the strings, not what lies between)
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    learned: _Learned | None = _Current.learned
+    while learned is not None:  # each round learns one thing more: bounded
+        try:
+            event = learned.decoder.decode(raw)
+            break
+        except msgspec.ValidationError as exc:
+            learned = learned.learn(exc)
+            if learned is not None:
+                _Current.learned = learned
+        except (msgspec.DecodeError, RecursionError):
+            return None
+    else:
+        return None
+    if raw.count(b'"') != _expected_quotes(event, learned):
+        return None  # a duplicate key: the exact path names it
+    return event
+
+
+def _expected_quotes(event: Any, learned: _Learned) -> int:
+    """Quotes of the JSON keys and string values the decoded structs hold."""
+    candidates = event.candidates
+    quotes = learned.fixed_quotes + learned.candidate_quotes * len(candidates)
+    if type(event.action.model_version) is str:
+        quotes += 2
+    if learned.loose:
+        quotes += _loose_quotes(event, learned)
+    return quotes
+
+
+def _loose_quotes(event: Any, learned: _Learned) -> int:
+    """Quotes of the fields some records have and others not."""
+    candidates = event.candidates
+    optional = learned.optional
+    quotes = 0
+    if "eligible" in optional:
+        quotes += 2 * (len(candidates) - list(map(_ELIGIBLE, candidates)).count(UNSET))
+    owners = {"model_version": event.action, "propensity": event.action, "reward": event}
+    for name in optional:
+        if name != "eligible" and getattr(owners[name], name) is not UNSET:
+            quotes += 2
+    values: tuple[Any, ...] = ()
+    if learned.loose_single is not None:
+        values = learned.loose_single(event)[:-1]  # "step" keeps it a tuple
+    for getter in learned.loose_candidate:
+        values = (*values, *map(getter, candidates))
+    # an extra present: its key (2), and its value's quotes if it is a string (2)
+    return quotes + 2 * (len(values) - values.count(UNSET) + list(map(type, values)).count(str))

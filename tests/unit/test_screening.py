@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from dispatchloop import events as contract
+from dispatchloop import screening
 from dispatchloop.events import DispatchOutcomeEvent, Rejection, parse_outcome
 from dispatchloop.screening import MIRRORED_MODELS, ScreenedEvent, screen_outcome
 from dispatchloop.testing.events import (
@@ -325,3 +326,132 @@ def test_every_kind_of_the_hostile_zoo_gets_its_reason_on_both_paths(kind: str):
     screened = screen_outcome(raw, LIMIT)
     assert screened == parse_outcome(raw, LIMIT)
     assert isinstance(screened, Rejection) and screened.reason == HOSTILE_KINDS[kind]
+
+
+# --- the typed path: a learned shape, and the bytes' quotes counted against its structs ---
+
+
+@pytest.fixture
+def fresh_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Screening as in a new process: nothing learned yet."""
+    monkeypatch.setattr(screening._Current, "learned", screening._Learned(frozenset(), {}))
+
+
+def _producer_shapes() -> dict[str, bytes]:
+    """Valid records of producers that add, omit and vary fields at every level."""
+    event = next(event_stream(seed=12, n_events=1))
+
+    def varied(mutate: Any) -> bytes:
+        copy = json.loads(json.dumps(event))
+        mutate(copy)
+        return encode(copy)
+
+    def everywhere(copy: dict[str, Any]) -> None:
+        copy["x_top"] = "t"
+        copy["booking"]["x_booking"] = 3
+        copy["booking"]["pickup"]["x_point"] = None
+        copy["booking"]["dropoff"]["x_point"] = "door 2"
+        for index, candidate in enumerate(copy["candidates"]):
+            candidate["x_vehicle"] = f"v-{index}" if index % 2 else 2.5
+        copy["action"]["x_latency_ms"] = True
+        copy["outcome"]["x_note"] = "ok"
+
+    def omitted(copy: dict[str, Any]) -> None:
+        for name in ("reward", "dispatcher_node"):
+            copy.pop(name)
+        copy["action"].pop("model_version")
+        copy["action"].pop("propensity")
+        for candidate in copy["candidates"][::2]:
+            candidate.pop("eligible")
+
+    return {
+        "realistic": encode(event),
+        "pretty-printed": json.dumps(event, indent=2).encode(),
+        "extras at every level": varied(everywhere),
+        "defaults omitted": varied(omitted),
+        "model_version a string": varied(lambda e: e["action"].update(model_version="m-3")),
+        "an extra of another type": varied(lambda e: e.update(dispatcher_node=7)),
+        "extras and omissions": varied(lambda e: (everywhere(e), omitted(e))),
+    }
+
+
+@pytest.mark.usefixtures("fresh_shape")
+def test_learned_shapes_take_the_typed_path_with_the_models_keys_and_exact_quotes():
+    shapes = _producer_shapes()
+    for _ in range(2):  # the first round learns, the second finds everything known
+        for case, raw in shapes.items():
+            screened = screen_outcome(raw, LIMIT)
+            parsed = parse_outcome(raw, LIMIT)
+            assert isinstance(parsed, DispatchOutcomeEvent), (case, parsed)
+            assert isinstance(screened, ScreenedEvent), (case, screened)
+            assert _keys(screened) == _keys(parsed)
+            event = screening._decode_typed(raw)
+            assert event is not None, case  # the typed path, not the exact fallback
+            learned = screening._Current.learned
+            # the count the check relies on is msgspec's own: what the structs hold
+            expected = screening._expected_quotes(event, learned)
+            assert expected == msgspec.json.encode(event).count(b'"') == raw.count(b'"'), case
+
+
+_DUPLICATED = {  # a key of each object, and what to put before its first occurrence
+    "top level": (b'"episode_id":', b'"episode_id":"other",'),
+    "booking": (b'"booking_id":', b'"booking_id":"b-0",'),
+    "point": (b'"lat":', b'"lat":1.0,'),
+    "point, other key": (b'"lon":', b'"lon":2.0,'),
+    "a whole object": (b'"outcome":', b'"outcome":{},'),
+    "candidate": (b'"eligible":', b'"eligible":true,'),
+    "action": (b'"propensity":', b'"propensity":0.5,'),
+    "optional, null": (b'"model_version":', b'"model_version":null,'),
+    "outcome": (b'"status":', b'"status":"late",'),
+    "learned extra": (b'"patient_mobility":', b'"patient_mobility":"seated",'),
+    "learned extra, other type": (b'"dispatcher_node":', b'"dispatcher_node":1,'),
+    "reward": (b'"reward":', b'"reward":null,'),
+}
+
+
+@pytest.mark.usefixtures("fresh_shape")
+@pytest.mark.parametrize("case", sorted(_DUPLICATED))
+def test_a_duplicate_key_anywhere_is_refused_after_the_shape_is_learned(case: str):
+    valid = encode(next(event_stream(seed=13, n_events=1)))
+    assert isinstance(screen_outcome(valid, LIMIT), ScreenedEvent)  # learns the extras
+    anchor, repeated = _DUPLICATED[case]
+    assert anchor in valid
+    raw = valid.replace(anchor, repeated + anchor, 1)
+    assert screening._decode_typed(raw) is None
+    screened = screen_outcome(raw, LIMIT)
+    assert screened == parse_outcome(raw, LIMIT)
+    assert isinstance(screened, Rejection) and screened.reason == "duplicate_key", screened
+
+
+@pytest.mark.usefixtures("fresh_shape")
+def test_verdicts_do_not_depend_on_what_was_learned():
+    event = next(event_stream(seed=14, n_events=1))
+    for index in range(screening.MAX_LEARNED_EXTRAS + 5):  # a producer of random keys
+        screen_outcome(encode({**event, f"junk-{index}": index}), LIMIT)
+    assert screening._Current.learned.count == screening.MAX_LEARNED_EXTRAS
+    beyond = encode({**event, "never-learned": "x"})
+    assert screening._decode_typed(beyond) is None  # the budget is spent: the exact path
+    records = [beyond, *_producer_shapes().values(), *(_with(m) for m, _ in _HOSTILE.values())]
+    records += [
+        encode({**event, "meta": {"a": 1, "b": [2]}}),
+        encode({**event, "meta": {"a": 1}})[:-2] + b',"a":2}}',
+        encode({**event, "note": 'a":b'}),
+    ]
+    for raw in records:
+        screened = screen_outcome(raw, LIMIT)
+        parsed = parse_outcome(raw, LIMIT)
+        if isinstance(parsed, Rejection):
+            assert screened == parsed
+        else:
+            assert not isinstance(screened, Rejection) and _keys(screened) == _keys(parsed)
+
+
+@pytest.mark.usefixtures("fresh_shape")
+def test_an_extra_holding_an_object_takes_the_exact_path():
+    event = next(event_stream(seed=15, n_events=1))
+    nested = encode({**event, "meta": {"a": 1}})
+    assert screening._decode_typed(nested) is None
+    assert isinstance(screen_outcome(nested, LIMIT), ScreenedEvent)
+    duplicate = nested[:-2] + b',"a":2}}'
+    assert screen_outcome(duplicate, LIMIT) == parse_outcome(duplicate, LIMIT)
+    assert screen_outcome(duplicate, LIMIT).reason == "duplicate_key"  # type: ignore[union-attr]
