@@ -48,9 +48,9 @@ def resolve_contender(spec: str, role: Role, lookup: VersionLookup | None = None
         if lookup is None:
             raise EvaluationInputError(
                 f"--{role} {name!r} is neither greedy, random nor a model directory "
-                "(registry versions resolve once the model registry is wired in)"
+                "(registry versions resolve only with the registry's lookup)"
             )
-        directory = lookup(name)  # the registry plugs in here
+        directory = lookup(name)  # the registry's read side (cli/gate.py passes it)
     try:
         loaded = load_model(directory)
     except (ArtifactError, OSError) as exc:
