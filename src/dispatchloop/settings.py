@@ -323,8 +323,50 @@ class LoopSettings(_Section):
     leader_check_interval_s: float = Field(
         5.0, gt=0, description="Leader lock: liveness check and takeover attempt period."
     )
-    canary_share: float = Field(0.0, ge=0, le=0.5, description="Traffic share of a challenger.")
-    canary_duration_s: float = Field(24 * 3_600.0, gt=0, description="How long a canary runs.")
+    canary_share: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="A promoted candidate first serves this share of decisions as `challenger` "
+        "(canary) while the champion serves the rest; 0: promote straight to champion.",
+    )
+    canary_duration_s: float = Field(
+        24 * 3_600.0,
+        gt=0,
+        description="A canary still undecided after this long ends with insufficient_evidence "
+        "(the challenger's share goes to 0).",
+    )
+    canary_check_interval_s: float = Field(
+        300.0, gt=0, description="How often the leader judges a running canary's outcomes."
+    )
+    canary_confidence: float = Field(
+        0.99,
+        gt=0.5,
+        lt=1.0,
+        description="Simultaneous confidence of the canary's reward, late-rate and cancel-rate "
+        "intervals over every look (an anytime-valid confidence sequence).",
+    )
+    canary_min_decisions: int = Field(
+        500, ge=20, description="Decisions per arm before a canary verdict."
+    )
+    canary_late_margin: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="Largest tolerated rise of the challenger's late rate (share of bookings).",
+    )
+    canary_cancel_margin: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Largest tolerated rise of the challenger's cancellation rate.",
+    )
+    canary_planned_decisions: int = Field(
+        20_000,
+        ge=100,
+        description="Decisions (both arms) at which the canary's intervals are tightest; "
+        "about the decisions a canary sees in half its duration.",
+    )
     seed: int = 0
 
 

@@ -128,3 +128,32 @@ def test_only_local_file_uris_are_loaded(uri: str) -> None:
     with pytest.raises(ModelRefusedError, match="not a local file://") as refused:
         load_from_event(_event("v1", at=0, card_uri=uri))
     assert refused.value.reason == "mismatch"
+
+
+@pytest.mark.parametrize(
+    ("ending", "expected"),
+    [
+        # the daemon's canary rollback: the challenger alias onto the champion's version, share 0
+        (
+            {"model_version": "v1", "traffic_share": 0.0, "event_type": "model.rolled_back"},
+            ("v1", None, 0.0),
+        ),
+        # its promotion's second move: the challenger keeps its version at share 0
+        (
+            {"model_version": "v2", "traffic_share": 0.0, "event_type": "model.traffic_changed"},
+            ("v2", None, 0.0),
+        ),
+    ],
+)
+def test_an_ended_canary_leaves_the_champion_every_decision(
+    ending: dict[str, Any], expected: tuple[str | None, str | None, float]
+) -> None:
+    follower = _follower(Loader())
+    assert follower.apply(_event("v1", at=0))
+    assert follower.apply(_event("v2", at=1, alias="challenger", traffic_share=0.1))
+    if ending["model_version"] == "v2":  # promoted: champion := v2 first, share still 0.1
+        assert follower.apply(_event("v2", at=2))
+        assert _served(follower) == ("v2", None, 0.0)  # same version in both arms: one arm
+    version = ending.pop("model_version")
+    assert follower.apply(_event(version, at=3, alias="challenger", **ending))
+    assert _served(follower) == expected

@@ -7,14 +7,18 @@ dashboards and alerts see zeros rather than gaps.
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from dispatchloop.daemon.cycles import OUTCOMES, TRIGGERS
 from dispatchloop.daemon.triggers import DRIFT_FEATURES
+from dispatchloop.evaluation.canary import FIGURES, CanaryResult
 
 STAGES = ("fit", "tune", "train", "judge", "register", "promote", "publish")
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1_200, 1_800, 3_600, 7_200)
 ERROR_KINDS = ("input", "transient", "fatal")
+CANARY_VERDICTS = ("promote", "rollback", "continue", "insufficient_evidence")
 
 
 class LoopMetrics:
@@ -99,8 +103,52 @@ class LoopMetrics:
             "The leadership term this instance leads in (0: follower).",
             registry=registry,
         )
+        self._canary_metrics(registry)
         self._instance = instance_id
         self._prime()
+
+    def _canary_metrics(self, registry: CollectorRegistry) -> None:
+        self.canary_active = Gauge(
+            "dispatchloop_canary_active",
+            "1 while a challenger serves a canary share (as last looked at by the leader).",
+            registry=registry,
+        )
+        self.canary_share = Gauge(
+            "dispatchloop_canary_share",
+            "The running canary's share of decisions (0: none).",
+            registry=registry,
+        )
+        self.canary_decisions = Gauge(
+            "dispatchloop_canary_decisions",
+            "Decisions with a stored outcome since the canary started, by arm.",
+            ["arm"],
+            registry=registry,
+        )
+        self.canary_difference = Gauge(
+            "dispatchloop_canary_difference",
+            "Challenger minus champion at the last look, by figure (reward, late_rate, "
+            "cancel_rate) and bound (estimate, low, high of the anytime-valid interval).",
+            ["figure", "bound"],
+            registry=registry,
+        )
+        self.canary_verdicts = Counter(
+            "dispatchloop_canary_verdicts",
+            "Canary looks by verdict (promote, rollback, continue, insufficient_evidence).",
+            ["verdict"],
+            registry=registry,
+        )
+
+    def observe_canary(self, result: CanaryResult) -> None:
+        """One look's figures (infinite bounds of an empty arm are not exported)."""
+        self.canary_decisions.labels("champion").set(result.n_champion)
+        self.canary_decisions.labels("challenger").set(result.n_challenger)
+        for figure in FIGURES:
+            difference = getattr(result, figure)
+            values = (difference.estimate, difference.ci.low, difference.ci.high)
+            for bound, value in zip(("estimate", "low", "high"), values, strict=True):
+                if math.isfinite(value):
+                    self.canary_difference.labels(figure, bound).set(value)
+        self.canary_verdicts.labels(result.verdict).inc()
 
     def _prime(self) -> None:
         for trigger in TRIGGERS:
@@ -113,6 +161,10 @@ class LoopMetrics:
             self.drift.labels(feature)
         for kind in ERROR_KINDS:
             self.errors.labels(kind)
+        for verdict in CANARY_VERDICTS:
+            self.canary_verdicts.labels(verdict)
+        for arm in ("champion", "challenger"):
+            self.canary_decisions.labels(arm)
         for stage in ("train", "tune"):
             for kind in ("failed", "timeout", "crashed", "stopped"):
                 self.child_failures.labels(stage, kind)

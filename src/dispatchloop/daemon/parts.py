@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from dispatchloop.daemon.run import LoopParts
 from dispatchloop.evaluation.gate import GateThresholds
+from dispatchloop.pipeline.canary import CanaryConfig, RegistryCanary
 from dispatchloop.pipeline.child import ChildLimits
 from dispatchloop.pipeline.judge import GateJudge
 from dispatchloop.pipeline.registrar import OutboxRelay, RegistryRegistrar
@@ -30,12 +31,13 @@ def _now() -> datetime:
 
 def registry_parts(
     settings: Settings,
-    _store: ReplayStore,
+    store: ReplayStore,
     metrics: CollectorRegistry,
     *,
     checkpoint: Checkpoint = no_checkpoint,
 ) -> LoopParts:
-    """The real judge (the gate, in a child), registrar and outbox relay of the store's database.
+    """The real judge (the gate, in a child), registrar, canary and outbox relay of the store's
+    database. `store` is the worker thread's (the canary reads its outcome events there).
 
     `checkpoint` (crash tests only, `registry.base.crash_checkpoint`) is passed to the
     registry, the outbox publisher and the cycle runner's stage boundaries."""
@@ -56,4 +58,9 @@ def registry_parts(
         GateThresholds.from_settings(settings.gate),
         ChildLimits(settings.loop.judge_timeout_s, settings.loop.stop_grace_s),
     )
-    return LoopParts(judge, RegistryRegistrar(registry), OutboxRelay(publisher), checkpoint)
+    canary = RegistryCanary(
+        registry, store, settings.reward, CanaryConfig.from_settings(settings.loop), clock=_now
+    )
+    return LoopParts(
+        judge, RegistryRegistrar(registry), OutboxRelay(publisher), checkpoint, canary=canary
+    )

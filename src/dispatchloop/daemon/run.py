@@ -45,7 +45,7 @@ from dispatchloop.daemon.scheduler import CycleConfig, CycleRunner, Scheduler, S
 from dispatchloop.daemon.systemd import SystemdNotifier
 from dispatchloop.daemon.triggers import TriggerPolicy
 from dispatchloop.errors import FatalError
-from dispatchloop.pipeline.protocols import Judge, Publisher, Registrar
+from dispatchloop.pipeline.protocols import Canary, Judge, Publisher, Registrar
 from dispatchloop.registry.base import Checkpoint, no_checkpoint
 from dispatchloop.replay.base import ReplayStore
 from dispatchloop.replay.engine import open_store
@@ -70,6 +70,8 @@ class LoopParts:
     """The outbox relay to dispatch.models."""
     checkpoint: Checkpoint = no_checkpoint
     """Passed at each stage the cycle runner enters (`cycle.<stage>`); crash tests only."""
+    canary: Canary | None = None
+    """Champion/challenger on live traffic; None: promotions go straight to champion."""
 
 
 @dataclass
@@ -178,6 +180,7 @@ def _scheduler(  # noqa: PLR0917 - private wiring of run_daemon's parts
             fence=elector.still_leading,
             status=notifier.status,
             checkpoint=parts.checkpoint,
+            canary=parts.canary,
         )
     return Scheduler(
         runner=runner,
@@ -200,10 +203,12 @@ def _scheduler(  # noqa: PLR0917 - private wiring of run_daemon's parts
             drift_sample=loop.drift_sample,
             publish_interval_s=loop.publish_interval_s,
             stop_bound_s=loop.stop_grace_s + STOP_MARGIN_S,
+            canary_interval_s=loop.canary_check_interval_s,
         ),
         metrics=metrics,
         notifier=notifier,
         reward=settings.reward,
+        canary=parts.canary if parts is not None else None,
     )
 
 

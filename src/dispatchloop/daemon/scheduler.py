@@ -47,6 +47,7 @@ from dispatchloop.daemon.triggers import (
 )
 from dispatchloop.errors import DispatchloopError, FatalError, InputError, TransientError
 from dispatchloop.events import DecisionRecord
+from dispatchloop.pipeline.canary import CanaryCheck
 from dispatchloop.pipeline.child import (
     ChildCrashedError,
     ChildFailedError,
@@ -55,7 +56,7 @@ from dispatchloop.pipeline.child import (
 )
 from dispatchloop.pipeline.common import StageProgress, StageStoppedError, remove_staging
 from dispatchloop.pipeline.fit import NotEnoughDataError, ScenarioFit, fit_scenario
-from dispatchloop.pipeline.protocols import Judge, Publisher, Registrar
+from dispatchloop.pipeline.protocols import Canary, Judge, Publisher, Registrar
 from dispatchloop.pipeline.train import Trainer, TrainSpec, train_in_child
 from dispatchloop.pipeline.tune import TuneSpec, tune_params
 from dispatchloop.registry.base import Checkpoint, no_checkpoint
@@ -169,8 +170,11 @@ class CycleRunner:
         fence: Callable[[int], bool],
         status: Callable[[str], None] = lambda _text: None,
         checkpoint: Checkpoint = no_checkpoint,
+        canary: Canary | None = None,
     ) -> None:
+        """`canary` None (or its share 0): a passing candidate becomes champion at once."""
         self.config = config
+        self._canary = canary
         self._checkpoint = checkpoint
         self._store = store
         self._cycles = cycles
@@ -225,6 +229,7 @@ class CycleRunner:
         self._check(stop)
         candidate = self._timed(run, "train", lambda: self._train(run, fit, config, stop))
         champion = self._registrar.champion()
+        challenger = self._canary.challenger() if self._canary is not None else None
         self._metrics.champion.info({"version": champion or ""})
         record = self._timed(run, "judge", lambda: self._judge(candidate, champion, fit, stop))
         self._count_gates(record)
@@ -240,6 +245,16 @@ class CycleRunner:
             return "rejected" if record.verdict == "reject" else "insufficient_evidence"
         self._fenced(epoch, "promote")
         version = run.version
+        canary = self._canary
+        if canary is not None and canary.share > 0.0 and champion is not None:
+            # Live traffic decides: the challenger serves a share next to the champion.
+            self._timed(run, "promote", lambda: canary.start(version, record, challenger))
+            run.reasons.append(
+                f"{version} to challenger at {canary.share:.0%} (canary) next to champion "
+                f"{champion}; live outcomes decide"
+            )
+            self._publish(run)
+            return "promoted"
         self._timed(run, "promote", lambda: self._registrar.promote(version, record, champion))
         self._metrics.last_promotion.set(time.time())
         self._metrics.champion.info({"version": version})
@@ -441,6 +456,8 @@ class SchedulerTimes:
     """Outbox relay while leading."""
     stop_bound_s: float
     """How long a stop waits for the running cycle to end (TimeoutStopSec minus a margin)."""
+    canary_interval_s: float = 300.0
+    """Looks at a running canary's outcomes (reads the events since its start; on the worker)."""
     tick_s: float = 0.5
     """The loop's period: WATCHDOG=1 is sent every tick."""
 
@@ -462,11 +479,17 @@ class Scheduler:
         metrics: LoopMetrics,
         notifier: Notifier,
         reward: RewardSettings,
+        canary: Canary | None = None,
     ) -> None:
         """`runner` and `publisher` None: lead and report, run no cycles (no registry yet).
 
         `store` is used by the scheduler's thread, `worker_store` by the worker's (the
-        store contract allows one thread per instance)."""
+        store contract allows one thread per instance). `canary` is looked at on the
+        worker; while one runs, no cycle starts (its verdict must come first)."""
+        self._canary = canary
+        self._canary_view: CanaryCheck | None = None
+        """The last look (None: not looked since leading or since the last cycle)."""
+        self._due = {"leader": 0.0, "check": 0.0, "drift": 0.0, "publish": 0.0, "canary": 0.0}
         self._runner = runner
         self._elector = elector
         self._cycles = cycles
@@ -506,6 +529,7 @@ class Scheduler:
             else {"id": last.id, "outcome": last.outcome, "stage": last.stage},
             "last_cycle_ok": last_ok,
             "scheduler_error": self._last_error,
+            "canary": _canary_detail(self._canary_view),
         }
         return alive and last_ok, detail
 
@@ -514,7 +538,7 @@ class Scheduler:
     def run(self, stop: threading.Event) -> None:
         """Until `stop`: returns normally, or raises FatalError from a cycle."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatchloop-cycle")
-        due = {"leader": 0.0, "check": 0.0, "drift": 0.0, "publish": 0.0}
+        due = self._due
         try:
             while not stop.is_set():
                 self._tick(executor, due)
@@ -536,6 +560,11 @@ class Scheduler:
             self._guarded(lambda: self._check(executor, leading))
         if self._runner is None or self._publisher is None:
             return
+        if not leading:
+            self._canary_view = None  # the next leader's look is the truth
+        if self._job is None and leading and self._canary is not None and now >= due["canary"]:
+            due["canary"] = now + self._times.canary_interval_s
+            self._submit(executor, "canary", self._look_at_canary)
         if self._job is None and leading and now >= due["drift"]:
             due["drift"] = now + self._times.drift_interval_s
             self._submit(executor, "drift", self._compute_drift)
@@ -566,6 +595,10 @@ class Scheduler:
             # No cycle of ours runs, yet a row says one does: its end was never written.
             self._cycles.abort_orphans(epoch, own=True)
             self._last = self._cycles.last()
+        waiting = self._canary_wait()
+        if waiting is not None:
+            self._notifier.status(waiting)
+            return
         runner = self._runner
         requests = self._cycles.pending_requests()
         try:
@@ -588,6 +621,67 @@ class Scheduler:
         status = self._elector.status
         ids = [request.id for request in requests]
         self._submit(executor, "cycle", lambda: runner.run(trigger, status, self._cycle_stop, ids))
+
+    def _canary_wait(self) -> str | None:
+        """Why no cycle may start now because of the canary, or None."""
+        if self._canary is None:
+            return None
+        view = self._canary_view
+        if view is None:
+            return "leading: looking at the canary before any new cycle"
+        if view.state is None or view.action not in ("continue", "fenced"):
+            return None
+        state, result = view.state, view.result
+        figures = ""
+        if result is not None:
+            low, high = result.reward.ci
+            figures = (
+                f", {result.n_challenger} vs {result.n_champion} decisions, reward "
+                f"{result.reward.estimate:+.3g} [{low:+.3g}, {high:+.3g}]"
+            )
+        return (
+            f"leading: canary {state.challenger} at {state.share:.0%} vs champion "
+            f"{state.champion} since {state.started_at:%Y-%m-%d %H:%M} UTC{figures}; "
+            "no new cycle until it is decided"
+        )
+
+    def _look_at_canary(self) -> None:
+        """On the worker: one look, its metrics and log line; publish a move at once."""
+        assert self._canary is not None
+        epoch = self._elector.status.epoch
+        check = self._canary.check(lambda: epoch is not None and self._elector.still_leading(epoch))
+        self._canary_view = check
+        self._report_canary(check)
+        if check.action in ("promoted", "rolled_back", "ended") and self._publisher is not None:
+            try:
+                self._publisher.publish_pending()
+            except TransientError as exc:
+                self._metrics.errors.labels("transient").inc()
+                log.warning("canary: publishing deferred to the outbox relay: %s", exc)
+
+    def _report_canary(self, check: CanaryCheck) -> None:
+        metrics, state, result = self._metrics, check.state, check.result
+        running = state is not None and check.action in ("continue", "fenced")
+        metrics.canary_active.set(1 if running else 0)
+        metrics.canary_share.set(state.share if running and state is not None else 0.0)
+        if result is not None:
+            metrics.observe_canary(result)
+        if state is None:
+            return
+        reasons = "; ".join(result.reasons) if result is not None else "no figures"
+        line = (
+            f"canary {state.challenger} ({state.share:.0%}) vs champion {state.champion}: "
+            f"{check.action}: {reasons}"
+        )
+        if check.record is not None:
+            line += f" (decision record {check.record.record_id})"
+        if check.action == "rolled_back":
+            log.warning(line)
+        else:
+            log.info(line)
+        if check.action == "promoted":
+            metrics.champion.info({"version": state.challenger})
+            metrics.last_promotion.set(time.time())
 
     def _export_history(self) -> None:
         """Timestamps from the shared table: right on every instance and after a restart."""
@@ -655,6 +749,11 @@ class Scheduler:
         else:
             if kind == "cycle":
                 self._guarded(lambda: setattr(self, "_last", self._cycles.last()))
+        if kind == "cycle":  # it may have started a canary: look before the next trigger
+            self._canary_view = None
+            self._due["canary"] = 0.0
+        elif kind == "canary":
+            self._due["check"] = 0.0
 
     def _guarded(self, work: Callable[[], None]) -> None:
         """The scheduler loop survives a database outage: count it, retry next period."""
@@ -684,3 +783,20 @@ class Scheduler:
         executor.shutdown(wait=False, cancel_futures=True)
         self._elector.resign()
         self._metrics.set_leader(False, None)
+
+
+def _canary_detail(view: CanaryCheck | None) -> dict[str, Any] | None:
+    """/readyz: the canary as last looked at (None: not looked at yet)."""
+    if view is None:
+        return None
+    state, result = view.state, view.result
+    return {
+        "running": state is not None and view.action in ("continue", "fenced"),
+        "last_action": view.action,
+        "champion": None if state is None else state.champion,
+        "challenger": None if state is None else state.challenger,
+        "share": None if state is None else state.share,
+        "started_at": None if state is None else state.started_at.isoformat(),
+        "verdict": None if result is None else result.verdict,
+        "reasons": [] if result is None else list(result.reasons),
+    }

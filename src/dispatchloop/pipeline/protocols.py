@@ -9,10 +9,12 @@ through a stand-in (see daemon/run.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from dispatchloop.events import DecisionRecord
+from dispatchloop.pipeline.canary import CanaryCheck
 from dispatchloop.pipeline.common import StopFlag
 from dispatchloop.pipeline.fit import ScenarioFit
 
@@ -57,4 +59,27 @@ class Publisher(Protocol):
     def publish_pending(self) -> int:
         """Send every unsent outbox row (idempotent per row); return how many were sent.
         TransientError when the broker is unavailable (the rows stay for next time)."""
+        ...
+
+
+class Canary(Protocol):
+    """Champion/challenger on live traffic (pipeline.canary.RegistryCanary)."""
+
+    @property
+    def share(self) -> float:
+        """The traffic share a promoted candidate starts with as challenger (0: no canary)."""
+        ...
+
+    def challenger(self) -> str | None:
+        """The version the `challenger` alias points at now (for the compare-and-swap)."""
+        ...
+
+    def start(self, version: str, record: DecisionRecord, expected: str | None) -> None:
+        """`challenger` := version at `share`, if it still points at `expected`
+        (TransientError when it moved meanwhile; nothing changes)."""
+        ...
+
+    def check(self, leading: Callable[[], bool]) -> CanaryCheck:
+        """Judge the running canary and act on a decisive verdict (moves only while
+        `leading()`); a look without a canary returns action `none`."""
         ...

@@ -135,6 +135,11 @@ class ModelFollower:
         self._slots[(scope, alias)] = slot
         champion = self._slots.get((scope, "champion"))
         challenger = self._slots.get((scope, "challenger"))
+        if challenger is not None and (
+            challenger.share <= 0.0
+            or (champion is not None and challenger.model.version == champion.model.version)
+        ):
+            challenger = None  # an ended canary (share 0, or rolled back onto the champion)
         routing = Routing(
             champion=None if champion is None else champion.model,
             challenger=None if challenger is None else challenger.model,
