@@ -148,6 +148,7 @@ def test_only_local_file_uris_are_loaded(uri: str) -> None:
 def test_an_ended_canary_leaves_the_champion_every_decision(
     ending: dict[str, Any], expected: tuple[str | None, str | None, float]
 ) -> None:
+    ending = dict(ending)
     follower = _follower(Loader())
     assert follower.apply(_event("v1", at=0))
     assert follower.apply(_event("v2", at=1, alias="challenger", traffic_share=0.1))
