@@ -74,11 +74,15 @@ def run_canary(
         k_b = int(seen_b[end - 1])
         k_a = end - k_b
         result = judge_canary(
-            ArmOutcomes(*(x[:k_a] for x in a)),
-            ArmOutcomes(*(x[:k_b] for x in b)),
+            _head(a, k_a),
+            _head(b, k_b),
             thresholds,
             expired=end + every > total,
         )
         if result.verdict != "continue":
             return Run(result.verdict, looks, end)
     return Run("insufficient_evidence", looks, total)
+
+
+def _head(arm: ArmOutcomes, n: int) -> ArmOutcomes:
+    return ArmOutcomes(arm.reward[:n], arm.late[:n], arm.cancelled[:n])
