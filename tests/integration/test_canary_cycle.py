@@ -1,0 +1,137 @@
+"""The cycle and the scheduler with a canary: a promoted candidate goes to `challenger` at
+the canary share (the first one, with no champion yet, straight to champion), and while
+the canary runs no new cycle starts. Real store, real registry and outbox, real broker;
+the judge is loop_support's scripted one (the gate is not the subject here).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from loop_support import N_EVENTS, ScriptedJudge, fill_store
+from prometheus_client import CollectorRegistry
+from test_loop_runner import RecordingNotifier
+
+from dispatchloop.daemon.cycles import CycleStore, engine_of
+from dispatchloop.daemon.leader import LeaderElector, LeaderStatus, lock_for
+from dispatchloop.daemon.metrics import LoopMetrics
+from dispatchloop.daemon.scheduler import CycleConfig, CycleRunner, Scheduler, SchedulerTimes
+from dispatchloop.daemon.triggers import TriggerPolicy
+from dispatchloop.pipeline.canary import CanaryConfig, RegistryCanary
+from dispatchloop.pipeline.child import ChildLimits
+from dispatchloop.pipeline.registrar import OutboxRelay, RegistryRegistrar
+from dispatchloop.registry import open_registry
+from dispatchloop.registry.outbox import publisher_from_settings
+from dispatchloop.replay import open_store
+from dispatchloop.settings import KafkaSettings, LoopSettings, RegistrySettings, RewardSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+TIMES = SchedulerTimes(
+    check_interval_s=0.2, leader_interval_s=0.5, drift_interval_s=3600,
+    drift_window=timedelta(days=1), drift_sample=1000, publish_interval_s=1.0,
+    stop_bound_s=30, canary_interval_s=0.5, tick_s=0.1,
+)  # fmt: skip
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def test_a_promotion_starts_a_canary_and_the_scheduler_waits_for_its_verdict(
+    sqlite_url: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path
+):
+    fill_store(sqlite_url)
+    store, scheduler_store = open_store(sqlite_url), open_store(sqlite_url)
+    registry = open_registry(sqlite_url, tmp_path / "registry")
+    prom = CollectorRegistry()
+    metrics = LoopMetrics(prom, "test")
+    cycles = CycleStore(engine_of(store))
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, models_topic=f"{topic_name}.models")
+    publisher = OutboxRelay(
+        publisher_from_settings(registry, kafka, RegistrySettings(), clock=_now)
+    )
+    canary = RegistryCanary(
+        registry, store, RewardSettings(),
+        CanaryConfig.from_settings(LoopSettings(canary_share=0.1)), clock=_now,
+    )  # fmt: skip
+    config = CycleConfig(
+        models_dir=tmp_path / "candidates", store_url=sqlite_url, trainer="dqn",
+        reward=RewardSettings(), offline_steps=50, sim_steps=0, distill_episodes=1, seed=0,
+        min_events=N_EVENTS, train_window=None, train_limits=ChildLimits(120, 5),
+        tune_limits=ChildLimits(120, 5), tune_interval=timedelta(days=7), tune_trials=1,
+        tune_steps_per_trial=100, tune_dir=tmp_path / "tuning",
+    )  # fmt: skip
+    notifier = RecordingNotifier()
+    runner = CycleRunner(
+        config=config, store=store, cycles=cycles, judge=ScriptedJudge(["promote"]),
+        registrar=RegistryRegistrar(registry), publisher=publisher, metrics=metrics,
+        fence=lambda _epoch: True, status=notifier.status, canary=canary,
+    )  # fmt: skip
+    try:
+        leader = LeaderStatus("test", True, cycles.new_epoch("test"))
+        first = runner.run("interval", leader, threading.Event())
+        assert (first.outcome, first.version) == ("promoted", "v1")
+        assert registry.alias("champion").version == "v1", "no champion yet: straight to it"
+        assert registry.alias("challenger") is None
+
+        second = runner.run("request", leader, threading.Event())
+        assert (second.outcome, second.version) == ("promoted", "v2")
+        assert "v2 to challenger at 10% (canary) next to champion v1" in second.reasons[-1]
+        assert registry.alias("champion").version == "v1"
+        challenger = registry.alias("challenger")
+        assert (challenger.version, challenger.traffic_share) == ("v2", 0.1)
+        move = registry.history("challenger")[-1]
+        gate_record = registry.decisions("v2")[-1]
+        assert move.decision_record_id == gate_record.record_id and gate_record.kind == "gate"
+        assert registry.outbox_backlog() == 0, "the cycle published the canary's start"
+
+        # The canary runs (no outcome of v2 yet): a requested cycle waits for its verdict.
+        cycles.request_retrain("test", "me@here")
+        scheduler = Scheduler(
+            runner=runner,
+            elector=LeaderElector(lock_for(sqlite_url), cycles, "test"),
+            cycles=CycleStore(engine_of(scheduler_store)),
+            store=scheduler_store,
+            worker_store=store,
+            publisher=publisher,
+            policy=TriggerPolicy(timedelta(hours=6), 10**9, 0.2, N_EVENTS),
+            times=TIMES,
+            metrics=metrics,
+            notifier=notifier,
+            reward=RewardSettings(),
+            canary=canary,
+        )
+        stop = threading.Event()
+        thread = threading.Thread(target=scheduler.run, args=(stop,))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not any("no new cycle until it is decided" in s for s in notifier.statuses):
+                assert time.monotonic() < deadline, notifier.statuses[-5:]
+                time.sleep(0.1)
+            time.sleep(1.5)  # several trigger checks and canary looks
+            _, detail = scheduler.readiness()
+            assert detail["canary"]["running"] and detail["canary"]["challenger"] == "v2"
+            assert detail["canary"]["verdict"] == "continue"
+            assert len(cycles.pending_requests()) == 1, "the request waits for the canary"
+            assert [c.version for c in cycles.recent(5)] == ["v2", "v1"]
+            assert prom.get_sample_value("dispatchloop_canary_active") == 1
+            assert prom.get_sample_value("dispatchloop_canary_share") == 0.1
+            looks = prom.get_sample_value(
+                "dispatchloop_canary_verdicts_total", {"verdict": "continue"}
+            )
+            assert looks is not None and looks >= 2
+        finally:
+            stop.set()
+            thread.join(timeout=40)
+        assert not thread.is_alive()
+    finally:
+        registry.close()
+        store.close()
+        scheduler_store.close()
