@@ -150,14 +150,7 @@ def test_the_daemon_rolls_back_a_worse_canary_and_promotes_a_better_one(
             reward = next(g for g in record.gates if g.name == "canary.reward")
             assert reward.passed is False and reward.ci is not None and reward.ci[1] < 0
             assert "300 challenger vs 900 champion decisions" in reward.detail
-            wait_until(
-                lambda: any(
-                    e["event_type"] == "model.rolled_back"
-                    for e in models_events(kafka_bootstrap, topic_name)
-                ),
-                30,
-                "model.rolled_back on the models topic",
-            )
+            wait_until(lambda: registry.outbox_backlog() == 0, 30, "the rollback published")
             event = next(
                 e
                 for e in models_events(kafka_bootstrap, topic_name)
@@ -189,18 +182,16 @@ def test_the_daemon_rolls_back_a_worse_canary_and_promotes_a_better_one(
             assert (ended.event_type, ended.to_version) == ("model.traffic_changed", v3)
             assert ended.decision_record_id == record.record_id
 
+            wait_until(lambda: registry.outbox_backlog() == 0, 30, "the promotion published")
+            events = models_events(kafka_bootstrap, topic_name)
+
             def published(alias: str) -> list[tuple[str, str, float]]:
                 return [  # ordered per key (the alias), not across keys
                     (e["event_type"], e["model_version"], e["traffic_share"])
-                    for e in models_events(kafka_bootstrap, topic_name)
+                    for e in events
                     if e["alias"] == alias
                 ]
 
-            wait_until(
-                lambda: published("challenger")[-1][0] == "model.traffic_changed",
-                30,
-                "the canary's end on the models topic",
-            )
             assert published("champion") == [
                 ("model.promoted", v1, 1.0), ("model.promoted", v3, 1.0)
             ]  # fmt: skip
