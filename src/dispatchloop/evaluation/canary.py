@@ -32,11 +32,12 @@ Three figures are judged (reward per decision, late rate, cancel rate), each at
 level alpha/3, so all three intervals hold together with probability >= confidence.
 Verdicts: rollback when the reward is shown worse (upper bound < 0) or a guardrail
 is shown breached (its rise's lower bound above the margin); promote when the reward
-is shown better (lower bound > 0) and no guardrail is shown breached. Guardrails on
-live traffic are breach detectors, not non-inferiority tests: showing a cancel rate
-within 1 point on a 10 % share takes tens of thousands of decisions, and the offline
-gate has already shown non-inferiority in the simulator (its `guardrail.*` gates);
-the reward itself charges every late and cancelled booking.
+is shown better (lower bound > 0) and no guardrail's observed rise exceeds its margin
+(a larger observed rise holds the canary until it is shown breached or expires).
+Guardrails on live traffic are breach detectors, not non-inferiority tests: showing a
+cancel rate within 1 point on a 10 % share takes far more than a day's decisions, and
+the offline gate has already shown non-inferiority in the simulator (its `guardrail.*`
+gates); the reward itself charges every late and cancelled booking.
 The validity is asymptotic (a CLT, not a finite-sample bound): `min_decisions`
 per arm guards the small-sample end; benchmarks/canary.py measures the type-I
 error and power under repeated looks. Pure NumPy, no I/O.
@@ -220,12 +221,19 @@ def _verdict(  # noqa: PLR0917 - the figures of one look
         )
     if breached:
         return "rollback", tuple(breached)
-    if reward.ci.low > 0.0:
+    risen = [
+        f"the {name}'s observed rise {d.estimate:+.4f} [{d.ci.low:+.4f}, {d.ci.high:+.4f}] "
+        f"exceeds its margin {margin:g} (not yet shown)"
+        for name, (d, margin) in margins.items()
+        if d.estimate > margin
+    ]
+    if reward.ci.low > 0.0 and not risen:
         return "promote", (
             f"reward per decision is better by {reward.estimate:.4g} "
-            f"[{reward.ci.low:+.4g}, {reward.ci.high:+.4g}] and no guardrail is shown breached",
+            f"[{reward.ci.low:+.4g}, {reward.ci.high:+.4g}] and no guardrail rose beyond "
+            "its margin",
         )
-    open_ = (
+    open_ = "; ".join(risen) or (
         f"the reward difference {reward.estimate:+.4g} "
         f"[{reward.ci.low:+.4g}, {reward.ci.high:+.4g}] still includes 0"
     )
@@ -306,8 +314,10 @@ def _gate(
         verdict = {True: "better", False: "worse", None: "undecided"}[passed]
     elif low > threshold:
         passed, verdict = False, "shown to rise beyond the margin"
+    elif diff.estimate > threshold:
+        passed, verdict = None, "observed rise beyond the margin, not yet shown"
     else:
-        within = "within the margin" if high <= threshold else "not shown beyond the margin"
+        within = "within the margin" if high <= threshold else "no rise beyond the margin seen"
         passed, verdict = True, within
     finite = math.isfinite(low) and math.isfinite(high)
     return GateResult(
