@@ -11,10 +11,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from loop_support import N_EVENTS, ScriptedJudge, fill_store
 from prometheus_client import CollectorRegistry
+from registry_support import make_model, passing_record
+from test_canary import ACTOR, canary_started, outcome_events, start_canary, write_events
 from test_loop_runner import RecordingNotifier
+from test_registry_contract import flip_one_byte
 
 from dispatchloop.daemon.cycles import CycleStore, engine_of
 from dispatchloop.daemon.leader import LeaderElector, LeaderStatus, lock_for
@@ -135,3 +139,43 @@ def test_a_promotion_starts_a_canary_and_the_scheduler_waits_for_its_verdict(
         registry.close()
         store.close()
         scheduler_store.close()
+
+
+def test_a_better_challenger_whose_files_changed_is_rolled_back_not_promoted(
+    sqlite_url: str, tmp_path: Path
+):
+    registry = open_registry(sqlite_url, tmp_path / "registry")
+    store = open_store(sqlite_url)
+    try:
+        v1 = registry.register(make_model(tmp_path / "m1", 1), actor=ACTOR).version
+        registry.attach_decision(v1, passing_record(v1))
+        registry.promote(v1, actor=ACTOR, reason="first champion")
+        v2 = start_canary(registry, tmp_path, 2, v1)
+        started = canary_started(registry)
+        rng = np.random.default_rng(8)
+        write_events(
+            sqlite_url,
+            outcome_events(rng, v1, 900, started, late=0.1, cost_scale=1.0)
+            + outcome_events(rng, v2, 300, started, late=0.0, cost_scale=0.4),
+        )
+        flip_one_byte(registry.get(v2).weights_path)
+        loop = LoopSettings(canary_share=0.1, canary_min_decisions=100)
+        canary = RegistryCanary(
+            registry, store, RewardSettings(), CanaryConfig.from_settings(loop), clock=_now
+        )
+        check = canary.check(lambda: True)
+        assert check.action == "rolled_back" and check.record is not None
+        assert check.result is not None and check.result.verdict == "promote"
+        gates = {gate.name: gate.passed for gate in check.record.gates}
+        assert gates["canary.reward"] is True and gates["canary.integrity"] is False
+        assert check.record.verdict == "reject"
+        assert registry.alias("champion").version == v1
+        move = registry.history("challenger")[-1]
+        assert (move.event_type, move.to_version, move.traffic_share) == (
+            "model.rolled_back", v1, 0.0
+        )  # fmt: skip
+        assert move.decision_record_id == check.record.record_id
+        assert canary.check(lambda: True).action == "none", "the canary is over"
+    finally:
+        registry.close()
+        store.close()

@@ -25,6 +25,7 @@ canaries are left alone). Called from one thread (the leader's worker).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,8 +42,14 @@ from dispatchloop.evaluation.canary import (
     canary_record,
     judge_canary,
 )
-from dispatchloop.events import DecisionRecord
-from dispatchloop.registry.base import UNSET, HistoryEntry, ModelRegistry, Unset
+from dispatchloop.events import DecisionRecord, GateResult
+from dispatchloop.registry.base import (
+    UNSET,
+    HistoryEntry,
+    ModelRegistry,
+    Unset,
+    VersionIntegrityError,
+)
 from dispatchloop.replay.base import ReplayStore, StoreUnavailableError, TimeWindow
 from dispatchloop.settings import LoopSettings, RewardSettings
 
@@ -187,13 +194,23 @@ class RegistryCanary:
             started_at=state.started_at,
             now=now,
         )
+        record = self._verified(state, record)
         self._registry.attach_decision(state.challenger, record)
         return CanaryCheck(state, result, self._act(state, record), record)
+
+    def _verified(self, state: CanaryState, record: DecisionRecord) -> DecisionRecord:
+        """A promotion only of intact files: a challenger failing `verify` is rolled back."""
+        if record.verdict != "promote":
+            return record
+        try:
+            self._registry.verify(state.challenger)
+        except VersionIntegrityError as exc:
+            return _refused(record, exc)
+        return record
 
     def _act(self, state: CanaryState, record: DecisionRecord) -> CanaryAction:
         reason = f"canary {record.record_id}: " + "; ".join(record.reasons)
         if record.verdict == "promote":
-            self._registry.verify(state.challenger)
             self._registry.set_alias(
                 "champion", state.challenger, actor=self._actor, reason=reason[:500],
                 expected_previous=state.champion, decision_record_id=record.record_id,
@@ -237,6 +254,21 @@ class RegistryCanary:
         except StoreUnavailableError as exc:
             raise TransientError(f"cannot read the canary's outcome events: {exc}") from exc
         return _arm(arms[state.champion]), _arm(arms[state.challenger])
+
+
+def _refused(record: DecisionRecord, exc: VersionIntegrityError) -> DecisionRecord:
+    """The canary's record turned into a rejection: the challenger failed verification."""
+    integrity = GateResult(
+        name="canary.integrity", passed=False, detail=f"the challenger fails verify: {exc}"
+    )
+    return record.model_copy(
+        update={
+            "record_id": str(uuid.uuid4()),
+            "verdict": "reject",
+            "gates": (*record.gates, integrity),
+            "reasons": (*record.reasons, f"but it cannot be promoted: {exc}"),
+        }
+    )
 
 
 def _arm(values: tuple[list[float], list[bool], list[bool]]) -> ArmOutcomes:
