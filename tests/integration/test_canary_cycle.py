@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from canary_support import ACTOR, canary_started, outcome_events, start_canary, write_events
 from loop_support import N_EVENTS, ScriptedJudge, fill_store
 from prometheus_client import CollectorRegistry
 from registry_support import make_model, passing_record
-from test_canary import ACTOR, canary_started, outcome_events, start_canary, write_events
 from test_loop_runner import RecordingNotifier
 from test_registry_contract import flip_one_byte
 
