@@ -24,9 +24,9 @@ from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay.base import (
     IncomingEvent,
     ReplayStore,
+    StoredEvent,
     StoreRejectedError,
     StoreStats,
-    StoredEvent,
     StoreUnavailableError,
     TimeWindow,
     WriteResult,

@@ -28,9 +28,9 @@ from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay.base import (
     IncomingEvent,
     ReplayStore,
+    StoredEvent,
     StoreRejectedError,
     StoreStats,
-    StoredEvent,
     StoreUnavailableError,
     TimeWindow,
     WriteResult,
