@@ -338,6 +338,9 @@ class ShadowSettings(_Section):
     interval_s: float = Field(5.0, gt=0, description="How often new stored events are scored.")
     batch: int = Field(2_000, ge=1, description="At most this many events scored per tick.")
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Level of the shadow intervals.")
+    min_ess: float = Field(
+        30.0, ge=2.0, description="Below this ESS no SNIPS estimate is reported (only the ESS)."
+    )
 
 
 class Settings(BaseSettings):

@@ -90,7 +90,8 @@ def _rig(store_url: str, tmp_path: Path) -> Iterator[Rig]:
     scorer = ShadowScorer(
         store=open_store(store_url),
         registry=open_registry(store_url, tmp_path / "registry"),
-        settings=ShadowSettings(window=WINDOW, batch=200, interval_s=0.1),
+        # untrained models rarely agree with the logger: a low ESS floor keeps SNIPS reported
+        settings=ShadowSettings(window=WINDOW, batch=200, interval_s=0.1, min_ess=2.0),
         reward=RewardSettings(),
         metrics=ShadowMetrics(prom),
     )

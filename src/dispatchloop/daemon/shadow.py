@@ -288,7 +288,9 @@ class ShadowScorer:
             found = loaded.get(version)
             served = (found.seq, found.served) if found is not None else self._load(version)
             if served is not None:
-                window = ShadowWindow(self._settings.window, self._settings.confidence)
+                window = ShadowWindow(
+                    self._settings.window, self._settings.confidence, self._settings.min_ess
+                )
                 models[alias] = _Model(alias, served[0], served[1], window)
         log.info("shadow scoring follows %s", aliases or "no model")
         self._aliases, self._models = aliases, models

@@ -87,7 +87,7 @@ def test_a_batch_larger_than_the_window_keeps_its_newest_decisions() -> None:
 
 
 def test_decisions_without_propensity_count_but_carry_no_weight() -> None:
-    window = ShadowWindow(10)
+    window = ShadowWindow(10, min_ess=1.0)
     window.add(
         np.array([True, True, True, False]),
         np.array([0.5, np.nan, 0.25, 0.5]),
@@ -107,10 +107,16 @@ def test_undefined_figures_are_nan_never_a_made_up_number() -> None:
     never_agrees = ShadowWindow(10)
     never_agrees.add(np.zeros(4, dtype=bool), np.full(4, 0.5), np.ones(4))
     assert math.isnan(never_agrees.snapshot().snips) and never_agrees.snapshot().agreement == 0.0
-    one_weighted = ShadowWindow(10)
+    one_weighted = ShadowWindow(10, min_ess=1.0)
     one_weighted.add(np.array([True, False]), np.full(2, 0.5), np.ones(2))
-    assert one_weighted.snapshot().snips == 1.0
-    assert math.isnan(one_weighted.snapshot().snips_ci.low)  # one decision: no spread to show
+    assert one_weighted.snapshot().ess == 1.0
+    assert math.isnan(one_weighted.snapshot().snips)  # one decision: no spread to show
+    thin = ShadowWindow(200, min_ess=30.0)
+    thin.add(np.arange(100) < 20, np.full(100, 0.5), np.ones(100))
+    assert thin.snapshot().ess == pytest.approx(20.0)
+    assert math.isnan(thin.snapshot().snips) and math.isnan(thin.snapshot().snips_ci.high)
+    thin.add(np.ones(15, dtype=bool), np.full(15, 0.5), np.ones(15))
+    assert thin.snapshot().ess == pytest.approx(35.0) and thin.snapshot().snips == 1.0
 
 
 def test_the_delta_interval_covers_the_true_value_at_about_its_level() -> None:
