@@ -4,8 +4,9 @@ On its own thread (never the ingest thread, never the scheduler's tick), every
 `shadow.interval_s`:
 1. read where the registry's `champion` and `challenger` aliases (scope `*`) point;
    load a version not seen before through serving's loader (hashes and featurizer
-   checked; cached by version). A refused version is logged, counted and skipped
-   until an alias moves to another one; it never stops the daemon;
+   checked; cached by version). A refused version is logged, counted once and
+   skipped for the life of the process (a version's files never legitimately
+   change); it never stops the daemon;
 2. follow the store in store order from an in-memory cursor: on start, and
    whenever an alias moves, the windows restart from the last `shadow.window`
    stored events (so a new challenger has figures at once); then at most
