@@ -370,6 +370,21 @@ class LoopSettings(_Section):
     seed: int = 0
 
 
+class ShadowSettings(_Section):
+    """Live shadow scoring in `run`: champion and challenger on the last logged decisions."""
+
+    enabled: bool = Field(True, description="Score the registry's models on incoming events.")
+    window: int = Field(
+        2_000, ge=10, description="Decisions per model in the sliding window (by count)."
+    )
+    interval_s: float = Field(5.0, gt=0, description="How often new stored events are scored.")
+    batch: int = Field(2_000, ge=1, description="At most this many events scored per tick.")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Level of the shadow intervals.")
+    min_ess: float = Field(
+        30.0, ge=2.0, description="Below this ESS no SNIPS estimate is reported (only the ESS)."
+    )
+
+
 class Settings(BaseSettings):
     """Everything dispatchloop can be told. Build it with `load_settings`."""
 
@@ -399,6 +414,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
 
     loop: LoopSettings = Field(default_factory=LoopSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
     @field_validator("store_url")
     @classmethod

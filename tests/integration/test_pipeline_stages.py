@@ -75,7 +75,8 @@ def test_train_in_child_writes_a_verified_model(filled: str, tmp_path: Path):
     loaded = load_model(out)
     card = loaded.card
     assert card.scenario_fingerprint and card.trainer == "dqn"
-    assert card.training["mode"] == "dqn"
+    assert card.training["mode"] == "offline+sim" and model.mode == "offline+sim"
+    assert card.training["offline_gradient_steps"] > 0
     assert card.data_window is not None and card.data_window.events is not None
     assert card.data_window.events > 0
     assert {report.stage for report in seen} <= {"train.offline", "train.sim"}

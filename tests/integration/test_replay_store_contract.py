@@ -442,3 +442,21 @@ def test_processes_opening_a_new_store_at_once_all_succeed(store_url: str) -> No
     results = [opener.communicate(timeout=120) for opener in openers]
     assert [opener.returncode for opener in openers] == [0, 0, 0, 0], results
     assert [out.strip() for out, _ in results] == ["0"] * 4
+
+
+def test_followers_read_in_store_order_from_a_tail_position(store: ReplayStore) -> None:
+    first, second = make_batch(40, 30), make_batch(41, 20)
+    assert store.tail_start(10) == 0 and store.events_after(0, 10) == []
+    store.write_batch(first)
+    store.write_batch(second)
+    arrived = [item.event.event_id for item in first + second]
+    start = store.tail_start(25)
+    tail = store.events_after(start, 100)
+    assert [stored.event.event_id for stored in tail] == arrived[-25:]
+    positions = [stored.position for stored in tail]
+    assert positions == sorted(positions) and positions[0] > start
+    page = store.events_after(start, 10)
+    assert [s.event.event_id for s in page] == arrived[-25:-15]
+    assert store.events_after(page[-1].position, 5)[0].event.event_id == arrived[-15]
+    assert store.tail_start(1_000) == 0
+    assert store.events_after(positions[-1], 10) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -192,4 +193,54 @@ def test_train_cli_distill_refuses_other_budgets(
     result = CliRunner().invoke(app, ["train", *options, "--out", str(tmp_path / "m")])
     assert result.exit_code == 2
     assert message in result.stderr and result.stderr.count(".") <= 2
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_cli_is_the_loops_train_stage(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --from-store --scenario store` and the daemon's stage give the same weights."""
+    from dispatchloop.pipeline.fit import fit_scenario
+    from dispatchloop.pipeline.train import TrainSpec, train_candidate
+
+    _fill_store(sqlite_url, n_events=19 * 10)
+    monkeypatch.setenv("DISPATCHLOOP_STORE_URL", sqlite_url)
+    params = _params(tmp_path)
+    by_cli = tmp_path / "cli"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--from-store", "--steps", "40", "--sim-steps", "300", "--scenario", "store",
+         "--seed", "3", "--params", str(params), "--out", str(by_cli), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    store = open_store(sqlite_url, create=False)
+    try:
+        spec = TrainSpec(
+            out=tmp_path / "stage",
+            trainer="dqn",
+            fit=fit_scenario(store, TimeWindow()),
+            reward=RewardSettings(),
+            config=DQNConfig.from_json_file(params),
+            offline_steps=40,
+            sim_steps=300,
+            seed=3,
+        )
+        by_stage = train_candidate(spec, store, threading.Event())
+    finally:
+        store.close()
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sha256"] == by_stage.sha256
+    assert load_model(by_cli).card.training == load_model(by_stage.model_dir).card.training
+
+
+def test_train_cli_store_scenario_on_an_empty_store_exits_2(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_store(sqlite_url).close()
+    monkeypatch.setenv("DISPATCHLOOP_STORE_URL", sqlite_url)
+    result = CliRunner().invoke(
+        app, ["train", "--scenario", "store", "--out", str(tmp_path / "m"), "--sim-steps", "10"]
+    )
+    assert result.exit_code == 2
+    assert "cannot calibrate the scenario from the store" in result.stderr
     assert not (tmp_path / "m").exists()

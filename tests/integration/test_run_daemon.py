@@ -29,6 +29,7 @@ from ingest_support import (
 )
 from kafka import KafkaProducer
 from loop_support import N_EVENTS
+from prometheus_client.parser import text_string_to_metric_families
 
 from dispatchloop.daemon.cycles import CycleStore, engine_of
 from dispatchloop.registry import open_registry
@@ -251,6 +252,7 @@ def test_the_shipped_run_trains_judges_registers_promotes_and_publishes_for_real
         sim_steps="8000",
     )
     env["DISPATCHLOOP_GATE__OPE_BOOTSTRAP"] = "300"
+    env["DISPATCHLOOP_SHADOW__INTERVAL_S"] = "1"
     log = tmp_path / "run.log"
     process = start_run(env, log, None)
     try:
@@ -290,11 +292,31 @@ def test_the_shipped_run_trains_judges_registers_promotes_and_publishes_for_real
         assert all(e["decision"]["verdict"] == "promote" for e in events)
         _, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
         assert f'dispatchloop_champion_info{{version="{promoted[-1]}"}} 1.0' in metrics.decode()
+        wait_until(lambda: _shadow_of(port, promoted[-1]) is not None, 30, "shadow figures of it")
+        shadow = _shadow_of(port, promoted[-1]) or {}
+        assert shadow["dispatchloop_shadow_events_scored_total"] >= N_EVENTS
+        assert 0.0 <= shadow["dispatchloop_shadow_agreement"] <= 1.0
+        assert shadow["dispatchloop_shadow_window_events"] == N_EVENTS  # all stored, < window
         assert stop(process, timeout_s=60) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def _shadow_of(port: int, version: str) -> dict[str, float] | None:
+    """The champion's shadow series on /metrics (estimates), once it has scored events."""
+    _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    figures = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name.startswith("dispatchloop_shadow_")
+        and sample.labels.get("model_version") == version
+        and sample.labels.get("alias") == "champion"
+        and sample.labels.get("bound", "estimate") == "estimate"
+    }
+    return figures if figures.get("dispatchloop_shadow_window_events") else None
 
 
 def test_run_with_an_unreachable_store_exits_2_in_one_sentence(tmp_path: Path):

@@ -24,6 +24,7 @@ from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay.base import (
     IncomingEvent,
     ReplayStore,
+    StoredEvent,
     StoreRejectedError,
     StoreStats,
     StoreUnavailableError,
@@ -229,6 +230,12 @@ class FakeStore(ReplayStore):
 
     def iter_events(self, window: TimeWindow = ALL, batch_size: int = 1_000) -> Any:
         return iter(())
+
+    def tail_start(self, last: int) -> int:
+        return 0
+
+    def events_after(self, position: int, limit: int) -> list[StoredEvent]:
+        return []
 
     def episode_ids(self, window: TimeWindow = ALL) -> list[str]:
         return []

@@ -17,16 +17,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatchloop.consumers.metrics import IngestMetrics
 from dispatchloop.daemon.metrics import LoopMetrics
+from dispatchloop.daemon.shadow import ShadowMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 METRIC = re.compile(r"\b(dispatchloop_[a-z_]+)")
 
 
 def _exposition() -> bytes:
-    """The run process registers exactly these two on its one CollectorRegistry."""
+    """The run process registers these on its one CollectorRegistry (shadow: with a registry)."""
     registry = CollectorRegistry()
     IngestMetrics(registry)
     LoopMetrics(registry, "host:1")
+    ShadowMetrics(registry)
     return generate_latest(registry)
 
 
@@ -54,6 +56,8 @@ def test_dashboard_and_alerts_query_only_exported_metrics():
         "dispatchloop_cycles_total",
         "dispatchloop_leader",
         "dispatchloop_drift_psi",
+        "dispatchloop_shadow_agreement",
+        "dispatchloop_shadow_snips_reward",
     } <= referenced
 
 

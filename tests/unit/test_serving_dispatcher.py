@@ -23,6 +23,7 @@ from dispatchloop.serving.dispatcher import (
     ServedModel,
     choice_probabilities,
     decide,
+    greedy_choices,
     sample_decision,
     score_arms,
 )
@@ -77,6 +78,24 @@ def test_serving_choice_is_the_training_time_policys_choice(n_drivers: int) -> N
             "action_mask": features.mask.astype(np.int8),
         }
         assert decision.candidate_index == DQNPolicy(network).act(obs)
+
+
+def test_batched_greedy_choices_are_decides_choices_whatever_the_candidate_counts() -> None:
+    """Shadow scoring's vectorised path chooses what serving chooses, request by request."""
+    events = []
+    for n_drivers in (9, 12):
+        scenario = dataclasses.replace(Scenario.default(), n_drivers=n_drivers)
+        events += _events(scenario, LoggingPolicy(GreedyPolicy(), "greedy"), 120)
+    _, served = _model(2, "v2", Scenario.default())
+    situations = [situation_from_event(e) for e in events[::-1]]  # sizes interleaved
+    masks = [s.eligible for s in situations]
+    batched = greedy_choices(served, situations, masks)
+    rng = np.random.default_rng(0)
+    one_by_one = [
+        decide(_request(e), Routing(champion=served), 0.0, rng).candidate_index
+        for e in events[::-1]
+    ]
+    assert batched.tolist() == one_by_one
 
 
 def test_without_a_model_the_greedy_fallback_decides_and_says_so() -> None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry
 
 from dispatchloop.daemon.run import LoopParts
+from dispatchloop.daemon.shadow import ShadowMetrics, ShadowScorer
 from dispatchloop.evaluation.gate import GateThresholds
 from dispatchloop.pipeline.canary import CanaryConfig, RegistryCanary
 from dispatchloop.pipeline.child import ChildLimits
@@ -22,6 +23,7 @@ from dispatchloop.registry.base import Checkpoint, no_checkpoint
 from dispatchloop.registry.metrics import RegistryMetrics
 from dispatchloop.registry.outbox import publisher_from_settings
 from dispatchloop.replay.base import ReplayStore
+from dispatchloop.replay.engine import open_store
 from dispatchloop.settings import Settings
 
 
@@ -58,9 +60,31 @@ def registry_parts(
         GateThresholds.from_settings(settings.gate),
         ChildLimits(settings.loop.judge_timeout_s, settings.loop.stop_grace_s),
     )
-    canary = RegistryCanary(
-        registry, store, settings.reward, CanaryConfig.from_settings(settings.loop), clock=_now
-    )
     return LoopParts(
-        judge, RegistryRegistrar(registry), OutboxRelay(publisher), checkpoint, canary=canary
+        judge,
+        RegistryRegistrar(registry),
+        OutboxRelay(publisher),
+        checkpoint,
+        shadow=shadow_scorer(settings, metrics) if settings.shadow.enabled else None,
+        canary=RegistryCanary(
+            registry, store, settings.reward, CanaryConfig.from_settings(settings.loop), clock=_now
+        ),
+    )
+
+
+def shadow_scorer(settings: Settings, metrics: CollectorRegistry) -> ShadowScorer:
+    """Live shadow scoring with a store and registry handle of its own (its own thread)."""
+    url = settings.resolved_store_url
+    store = open_store(url)
+    try:
+        registry = open_registry(url, settings.resolved_registry_root, clock=_now)
+    except BaseException:
+        store.close()
+        raise
+    return ShadowScorer(
+        store=store,
+        registry=registry,
+        settings=settings.shadow,
+        reward=settings.reward,
+        metrics=ShadowMetrics(metrics),
     )

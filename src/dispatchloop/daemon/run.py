@@ -5,6 +5,8 @@ Threads of one process (the entry point owns signals, GC and logging):
 - scheduler: WATCHDOG=1 every tick, the leader lock, the triggers; one worker
   thread under it runs cycles (training and tuning in spawned children), the
   drift check and the outbox relay (daemon/scheduler.py);
+- shadow (when the parts bring a `ShadowScorer`): scores the registry's champion and
+  challenger on newly stored events every few seconds (daemon/shadow.py);
 - HTTP: /metrics (one CollectorRegistry for everything), /healthz, /readyz
   (ingest, store, leader, the last cycle);
 - main: READY=1 once the consumer joined and the store answered, then waits
@@ -42,6 +44,7 @@ from dispatchloop.daemon.http import MetricsServer
 from dispatchloop.daemon.leader import LeaderElector, lock_for
 from dispatchloop.daemon.metrics import LoopMetrics
 from dispatchloop.daemon.scheduler import CycleConfig, CycleRunner, Scheduler, SchedulerTimes
+from dispatchloop.daemon.shadow import ShadowScorer
 from dispatchloop.daemon.systemd import SystemdNotifier
 from dispatchloop.daemon.triggers import TriggerPolicy
 from dispatchloop.errors import FatalError
@@ -70,6 +73,8 @@ class LoopParts:
     """The outbox relay to dispatch.models."""
     checkpoint: Checkpoint = no_checkpoint
     """Passed at each stage the cycle runner enters (`cycle.<stage>`); crash tests only."""
+    shadow: ShadowScorer | None = None
+    """Live shadow scoring (own thread; its figures go into each decision record)."""
     canary: Canary | None = None
     """Champion/challenger on live traffic; None: promotions go straight to champion."""
 
@@ -136,6 +141,9 @@ def run_daemon(
         threading.Thread(target=_ingest_main, args=(ingest, stop, fatal), name="ingest"),
         threading.Thread(target=_scheduler_main, args=(scheduler, stop, fatal), name="scheduler"),
     ]
+    if parts is not None and parts.shadow is not None:
+        shadow = threading.Thread(target=_shadow_main, args=(parts.shadow, stop), name="shadow")
+        threads.append(shadow)
     server = _metrics_server(settings, registry, ingest, scheduler, parts is not None)
     try:
         ingest.update_store_gauges()
@@ -153,6 +161,8 @@ def run_daemon(
             server.stop()
         notifier.close()
         stores.close()
+        if parts is not None and parts.shadow is not None:
+            parts.shadow.close()
     return 1 if fatal.is_set() else 0
 
 
@@ -180,6 +190,7 @@ def _scheduler(  # noqa: PLR0917 - private wiring of run_daemon's parts
             fence=elector.still_leading,
             status=notifier.status,
             checkpoint=parts.checkpoint,
+            shadow=parts.shadow.record_metrics if parts.shadow is not None else dict,
             canary=parts.canary,
         )
     return Scheduler(
@@ -235,6 +246,17 @@ def _scheduler_main(scheduler: Scheduler, stop: threading.Event, fatal: threadin
         fatal.set()
     finally:
         stop.set()
+
+
+def _shadow_main(shadow: ShadowScorer, stop: threading.Event) -> None:
+    """The shadow thread: a monitor, so its failure is logged and never stops the daemon."""
+    while not stop.is_set():
+        try:
+            shadow.run(stop)
+        except Exception:  # an unexpected bug in scoring: keep ingesting and cycling
+            shadow.count_error("scoring")
+            log.exception("shadow scoring failed; retrying at the next interval")
+            stop.wait(shadow.interval_s)
 
 
 def _announce_ready(

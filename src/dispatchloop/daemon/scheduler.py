@@ -170,9 +170,12 @@ class CycleRunner:
         fence: Callable[[int], bool],
         status: Callable[[str], None] = lambda _text: None,
         checkpoint: Checkpoint = no_checkpoint,
+        shadow: Callable[[], Mapping[str, float]] = dict,
         canary: Canary | None = None,
     ) -> None:
-        """`canary` None (or its share 0): a passing candidate becomes champion at once."""
+        """`shadow`: the live shadow figures to copy into each decision record's metrics
+        (daemon.shadow.ShadowScorer.record_metrics; default none). `canary` None (or its
+        share 0): a passing candidate becomes champion at once."""
         self.config = config
         self._canary = canary
         self._checkpoint = checkpoint
@@ -184,6 +187,7 @@ class CycleRunner:
         self._metrics = metrics
         self._fence = fence
         self._status = status
+        self._shadow = shadow
 
     def run(
         self,
@@ -232,6 +236,7 @@ class CycleRunner:
         challenger = self._canary.challenger() if self._canary is not None else None
         self._metrics.champion.info({"version": champion or ""})
         record = self._timed(run, "judge", lambda: self._judge(candidate, champion, fit, stop))
+        record = with_metrics(record, self._shadow())
         self._count_gates(record)
         self._check(stop)
         self._fenced(epoch, "register")
@@ -393,6 +398,15 @@ class CycleRunner:
             self._metrics.last_cycle_success.set(time.time())
         log.info("cycle %d: %s %s", run.cycle_id, outcome, "; ".join(run.reasons))
         return CycleResult(run.cycle_id, outcome, run.version, tuple(run.reasons))
+
+
+def with_metrics(record: DecisionRecord, extra: Mapping[str, float]) -> DecisionRecord:
+    """The record with `extra` added to its metrics (validated: finite floats only)."""
+    if not extra:
+        return record
+    return DecisionRecord.model_validate(
+        {**record.model_dump(), "metrics": {**record.metrics, **extra}}
+    )
 
 
 def remove_staging_in(models_dir: Path) -> None:

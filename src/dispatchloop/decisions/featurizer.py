@@ -264,6 +264,11 @@ class SituationBatch(NamedTuple):
     eligible: NDArray[np.bool_]
 
 
+def stack_situations(situations: Sequence[Situation]) -> SituationBatch:
+    """Situations with the same number of candidates as one batch for `featurize_batch`."""
+    return SituationBatch(*(np.asarray(column) for column in zip(*situations, strict=True)))
+
+
 def _pickup_km_and_eta_min(
     s: SituationBatch,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

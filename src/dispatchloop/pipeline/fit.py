@@ -28,6 +28,14 @@ class ScenarioFit:
     fingerprint: str
     """sha256 (16 hex) of the scenario's JSON: the same data gives the same fingerprint."""
 
+    @classmethod
+    def of(
+        cls, scenario: Scenario, window: TimeWindow | None = None, events: int = 0
+    ) -> ScenarioFit:
+        """A fit of `scenario` (events 0, all time: a world not calibrated from data)."""
+        digest = hashlib.sha256(scenario.to_json().encode()).hexdigest()[:16]
+        return cls(scenario, window or TimeWindow(), events, digest)
+
 
 def fit_scenario(
     store: ReplayStore, window: TimeWindow, min_events: int = 1, base: Scenario | None = None
@@ -50,5 +58,4 @@ def fit_scenario(
         raise TransientError(f"cannot read the store to fit the scenario: {exc}") from exc
     except ScenarioFitError as exc:
         raise NotEnoughDataError(str(exc)) from exc
-    digest = hashlib.sha256(scenario.to_json().encode()).hexdigest()[:16]
-    return ScenarioFit(scenario, window, events, digest)
+    return ScenarioFit.of(scenario, window, events)

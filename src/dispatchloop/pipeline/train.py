@@ -1,11 +1,15 @@
 """Stage `train`: one candidate from a fitted scenario, as a verified model directory.
 
 Trainer `dqn`: conservative offline DQN on the window's logged transitions, then
-online fine-tuning in the fitted simulator (what `train --from-store` and the
-demo do). Trainer `distill`: the scorer taught by the rollout planner in the
+online fine-tuning in the fitted simulator (either part may be switched off by a
+zero budget). Trainer `distill`: the scorer taught by the rollout planner in the
 fitted simulator. Either way the directory appears under its final name only
 when complete (rl.artifacts.save_model stages and renames), and a stop request
 raises StageStoppedError before anything is saved.
+
+The one way a dispatch model is trained: `dispatchloop train` calls
+`train_candidate` in-process (with a progress bar), the daemon calls it in a
+spawned child (`train_in_child`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from dispatchloop.errors import DispatchloopError, FatalError, InputError, TransientError
 from dispatchloop.pipeline.child import ChildLimits, run_in_child
@@ -79,6 +83,8 @@ class TrainedModel:
     """sha256 of the weights file."""
     trainer: Trainer
     """Which trainer made it."""
+    mode: str
+    """What it actually did: offline, sim, offline+sim (trainer dqn) or distill."""
     final_loss: float
     """Training loss at the end (NaN if the trainer had none)."""
     env_steps: int
@@ -91,28 +97,33 @@ class TrainedModel:
 
 def train_candidate(
     spec: TrainSpec,
-    store: ReplayStore,
+    store: ReplayStore | None,
     stop: StopFlag,
     progress: ProgressFn = no_progress,
 ) -> TrainedModel:
-    """Train per `spec` and save; InputError for bad requests, FatalError if training diverges."""
+    """Train per `spec` and save; InputError for bad requests, FatalError if training diverges.
+
+    `store` is read only by the dqn trainer's offline part (None: no offline part is
+    possible, a request for one is an InputError)."""
     if spec.out.exists():
-        raise InputError(f"model directory {str(spec.out)!r} already exists")
+        raise InputError(f"model directory {str(spec.out)!r} already exists; choose a new one")
     try:
         if spec.trainer == "distill":
-            result = _distill(spec, stop, progress)
+            run = _distill(spec, stop, progress)
         else:
-            result = _dqn(spec, store, stop, progress)
+            run = _dqn(spec, store, stop, progress)
     except TrainingDivergedError as exc:
         raise FatalError(f"training diverged: {exc}") from exc
     if stop.is_set():  # stopped between the last step and here: still save nothing
         raise StageStoppedError("training stopped on request before saving")
-    artifact = save_model(spec.out, result.q_network, spec.config, _card_draft(spec, result))
+    result = run.result
+    artifact = save_model(spec.out, result.q_network, spec.config, _card_draft(spec, run))
     return TrainedModel(
         model_dir=artifact.directory,
         model_id=artifact.model_id,
         sha256=artifact.sha256,
         trainer=spec.trainer,
+        mode=str(run.training["mode"]),
         final_loss=result.final_loss,
         env_steps=result.env_steps,
         gradient_steps=result.gradient_steps,
@@ -120,62 +131,110 @@ def train_candidate(
     )
 
 
-def _dqn(spec: TrainSpec, store: ReplayStore, stop: StopFlag, progress: ProgressFn) -> TrainResult:
-    scenario = spec.fit.scenario
-    offline: TrainResult | None = None
-    if spec.offline_steps > 0:
-        dataset = LoggedDataset.from_store(
-            store, spec.fit.window, spec.reward, scenario.arrays.demand
-        )
-        if len(dataset) > 0:
-            callback = StopAndReport(stop, progress, "train.offline", spec.offline_steps)
-            offline = train_offline(spec.config, dataset, spec.offline_steps, spec.seed, [callback])
-        else:
-            log.warning("no logged transitions in the window; training in the simulator only")
+@dataclass(frozen=True)
+class _Run:
+    """A finished training run and what the card says about how it went."""
+
+    result: TrainResult
+    training: dict[str, Any]
+    transitions: int = 0
+    """Logged transitions the offline part learned from."""
+
+
+def _dqn(spec: TrainSpec, store: ReplayStore | None, stop: StopFlag, progress: ProgressFn) -> _Run:
+    offline, transitions = _offline(spec, store, stop, progress)
+    training: dict[str, Any] = {
+        "mode": "offline" if spec.sim_steps == 0 else "offline+sim" if offline else "sim",
+        "seed": spec.seed,
+        "offline_steps": spec.offline_steps,
+        "sim_steps": spec.sim_steps,
+    }
+    if offline is not None:
+        training["offline_gradient_steps"] = offline.gradient_steps
     if spec.sim_steps == 0:
         if offline is None:
             raise InputError("nothing to train: offline_steps and sim_steps give no work")
-        return offline
+        return _Run(offline, training, transitions)
     callback = StopAndReport(stop, progress, "train.sim", spec.sim_steps)
     result = train_dispatch(
         spec.config,
-        scenario,
+        spec.fit.scenario,
         spec.reward,
         spec.sim_steps,
         spec.seed,
         [callback],
         init_from=offline.q_network if offline is not None else None,
     )
-    if offline is None:
-        return result
-    return result._replace(
-        gradient_steps=result.gradient_steps + offline.gradient_steps,
-        wall_seconds=result.wall_seconds + offline.wall_seconds,
+    if offline is not None:
+        result = result._replace(
+            gradient_steps=result.gradient_steps + offline.gradient_steps,
+            wall_seconds=result.wall_seconds + offline.wall_seconds,
+        )
+    return _Run(result, training, transitions)
+
+
+def _offline(
+    spec: TrainSpec, store: ReplayStore | None, stop: StopFlag, progress: ProgressFn
+) -> tuple[TrainResult | None, int]:
+    """Conservative offline DQN on the window's logged transitions (None: no offline part).
+
+    An empty window is fine when the simulator trains anyway, and an input error when
+    the offline part is all there is."""
+    if spec.offline_steps == 0:
+        return None, 0
+    if store is None:
+        raise InputError("offline training needs the replay store, and none was given")
+    demand = spec.fit.scenario.arrays.demand
+    try:
+        dataset = LoggedDataset.from_store(store, spec.fit.window, spec.reward, demand)
+    except StoreUnavailableError as exc:
+        raise TransientError(f"cannot read logged transitions: {exc}") from exc
+    if len(dataset) == 0:
+        if spec.sim_steps == 0:
+            raise InputError("the replay store holds no logged transitions to train on")
+        log.warning("no logged transitions in the window; training in the simulator only")
+        return None, 0
+    log.info(
+        "offline dataset: %d transitions (%d gaps, %d too wide left out)",
+        len(dataset),
+        dataset.gaps,
+        dataset.skipped,
     )
+    callback = StopAndReport(stop, progress, "train.offline", spec.offline_steps)
+    result = train_offline(spec.config, dataset, spec.offline_steps, spec.seed, [callback])
+    return result, len(dataset)
 
 
-def _distill(spec: TrainSpec, stop: StopFlag, progress: ProgressFn) -> TrainResult:
+def _distill(spec: TrainSpec, stop: StopFlag, progress: ProgressFn) -> _Run:
+    """The scorer taught by the rollout planner; `spec.config` gives only the network's shape."""
     distill = DistillConfig(episodes_per_round=spec.distill_episodes)
     scenario = spec.fit.scenario
     total = distill.rounds * distill.episodes_per_round * scenario.bookings_per_episode
     callback = StopAndReport(stop, progress, "train.distill", total)
-    return train_distilled(spec.config, scenario, spec.reward, distill, spec.seed, [callback])
+    result = train_distilled(spec.config, scenario, spec.reward, distill, spec.seed, [callback])
+    training = {
+        "mode": "distill",
+        "seed": spec.seed,
+        "teacher": "rollout",
+        "distill": distill.to_dict(),
+    }
+    return _Run(result, training)
 
 
-def _card_draft(spec: TrainSpec, result: TrainResult) -> CardDraft:
-    """What this run knows about the candidate; save_model completes it into its card."""
-    window = spec.fit.window
+def _card_draft(spec: TrainSpec, run: _Run) -> CardDraft:
+    """What this run knows about the candidate; save_model completes it into its card.
+
+    The data window is named only when data was used: the world was fitted on it
+    (fit.events), or the offline part learned from it."""
+    window, result = spec.fit.window, run.result
+    events = spec.fit.events or run.transitions
     return CardDraft(
         trainer=spec.trainer,
         scenario=spec.fit.scenario.to_dict(),
-        data_window=DataWindow(start=window.start, end=window.end, events=spec.fit.events),
-        training={
-            "mode": spec.trainer,
-            "seed": spec.seed,
-            "offline_steps": spec.offline_steps,
-            "sim_steps": spec.sim_steps,
-            "distill_episodes": spec.distill_episodes,
-        },
+        data_window=DataWindow(start=window.start, end=window.end, events=events)
+        if events
+        else None,
+        training=run.training,
         metrics={
             "env_steps": float(result.env_steps),
             "gradient_steps": float(result.gradient_steps),

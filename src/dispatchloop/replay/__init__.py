@@ -6,6 +6,7 @@
 from dispatchloop.replay.base import (
     IncomingEvent,
     ReplayStore,
+    StoredEvent,
     StoreRejectedError,
     StoreStats,
     StoreUnavailableError,
@@ -21,6 +22,7 @@ __all__ = [
     "StoreRejectedError",
     "StoreStats",
     "StoreUnavailableError",
+    "StoredEvent",
     "TimeWindow",
     "WriteResult",
     "open_store",

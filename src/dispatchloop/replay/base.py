@@ -14,6 +14,11 @@ Contract:
 - The raw bytes of each event are kept unchanged (unknown fields included).
 - Reads return validated `DispatchOutcomeEvent`s; windows are half-open
   [start, end) on `decided_at`, and both bounds are optional.
+- Store order: every stored event has a `position`, increasing in the order rows
+  were inserted (`tail_start`, `events_after`), for readers that follow what
+  arrives (live shadow scoring). With several writers on PostgreSQL a row may
+  commit after a later-numbered one, so a follower can miss it: fine for a
+  monitor, never used for anything that must see every event.
 - Methods may be called from one thread at a time per instance.
 """
 
@@ -33,6 +38,15 @@ class IncomingEvent(NamedTuple):
 
     event: EventKeys
     raw: bytes
+
+
+class StoredEvent(NamedTuple):
+    """An event with its position in store order."""
+
+    position: int
+    """Increasing in insertion order (gaps allowed)."""
+    event: DispatchOutcomeEvent
+    """The validated event."""
 
 
 class WriteResult(NamedTuple):
@@ -85,6 +99,14 @@ class ReplayStore(abc.ABC):
         self, window: TimeWindow = TimeWindow(), batch_size: int = 1_000
     ) -> Iterator[DispatchOutcomeEvent]:
         """Events within the window ordered by (decided_at, episode_id, step)."""
+
+    @abc.abstractmethod
+    def tail_start(self, last: int) -> int:
+        """The position after which the `last` most recently stored events lie (0: all)."""
+
+    @abc.abstractmethod
+    def events_after(self, position: int, limit: int) -> list[StoredEvent]:
+        """Up to `limit` events stored after `position`, in store order."""
 
     @abc.abstractmethod
     def episode_ids(self, window: TimeWindow = TimeWindow()) -> list[str]:

@@ -28,6 +28,7 @@ from dispatchloop.events import DispatchOutcomeEvent
 from dispatchloop.replay.base import (
     IncomingEvent,
     ReplayStore,
+    StoredEvent,
     StoreRejectedError,
     StoreStats,
     StoreUnavailableError,
@@ -231,6 +232,21 @@ class SqlReplayStore(ReplayStore):
             if len(rows) < batch_size:
                 return
             after = tuple(rows[-1])[:4]
+
+    def tail_start(self, last: int) -> int:
+        """Walks the primary key backwards: `last` index entries, no payload read."""
+        statement = sa.select(events.c.id).order_by(events.c.id.desc()).offset(last).limit(1)
+        rows = self._read(statement)
+        return int(rows[0][0]) if rows else 0
+
+    def events_after(self, position: int, limit: int) -> list[StoredEvent]:
+        statement = (
+            sa.select(events.c.id, events.c.raw)
+            .where(events.c.id > position)
+            .order_by(events.c.id)
+            .limit(limit)
+        )
+        return [StoredEvent(int(row.id), _parse(row.raw)) for row in self._read(statement)]
 
     def episode_ids(self, window: TimeWindow = ALL_TIME) -> list[str]:
         first_seen = sa.func.min(events.c.decided_at_us)
