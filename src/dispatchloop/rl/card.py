@@ -18,13 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+)
 
 from dispatchloop.errors import InputError
 
@@ -78,7 +87,14 @@ class CardDraft(_CardRecord):
     tuning_study: str | None = None
     """The Optuna study whose best parameters it used, if any."""
     metrics: dict[str, float] = Field(default_factory=dict)
-    """Training figures: env_steps, gradient_steps, final_loss, wall_seconds, ..."""
+    """Training figures: env_steps, gradient_steps, final_loss, wall_seconds, ...
+    A figure that does not exist (NaN, e.g. the loss of a run that never reached a
+    gradient step) is left out: JSON has no NaN, and a null would make the card unreadable."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _only_finite(cls, metrics: dict[str, float]) -> dict[str, float]:
+        return {name: value for name, value in metrics.items() if math.isfinite(value)}
 
 
 class ModelCard(CardDraft):

@@ -74,6 +74,22 @@ def test_round_trip_keeps_weights_config_and_card(
     assert not list(tmp_path.glob(".m1.*")), "the staging directory must be gone"
 
 
+def test_a_run_without_a_loss_still_registers(tmp_path: Path, network: CandidateQNetwork) -> None:
+    """A DQN stopped before its first gradient step has a NaN loss: the card leaves it out
+    (JSON has no NaN) and the registry accepts the directory (it refused a null before)."""
+    from dispatchloop.registry import open_registry
+
+    metrics = {"final_loss": float("nan"), "env_steps": 20.0}
+    artifact = save_model(tmp_path / "m", network, CONFIG, CardDraft(metrics=metrics))
+    assert load_model(artifact.directory).card.metrics == {"env_steps": 20.0}
+    registry = open_registry(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "registry")
+    try:
+        version = registry.register(artifact.directory, actor="test").version
+        assert registry.verify(version).version == version  # raises on any mismatch
+    finally:
+        registry.close()
+
+
 def test_onnx_matches_pytorch_for_9_and_40_candidates(
     tmp_path: Path, network: CandidateQNetwork
 ) -> None:
