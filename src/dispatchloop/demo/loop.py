@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from dispatchloop.demo.broker import LocalBroker, start_broker
 from dispatchloop.demo.monitor import LoopMonitor, Snapshot
@@ -55,12 +56,17 @@ class DemoOptions:
     """Stop after this long whatever the cycles."""
     seed: int = 0
     """The world (`Scenario.seeded`) and the event stream (`simulate --seed`)."""
-    rate: float = 40.0
-    """Decisions per second the simulated dispatch system takes."""
+    rate: float = 100.0
+    """Decisions per second the simulated dispatch system takes (more decisions per minute:
+    a narrower interval on live against greedy within the demo's few minutes)."""
     epsilon: float = 0.1
     """Serving's exploration: a uniformly random eligible driver with this chance."""
     new_events: int = 4_000
     """`loop.new_events` of the demo's daemon: a cycle starts every this many new events."""
+    trainer: Literal["dqn", "distill"] = "distill"
+    """`loop.trainer` of the demo's daemon. distill, because at the loop's default budgets it
+    closes ~38 % of the greedy→hindsight gap of the default world in ~60 s of training,
+    the DQN ~8 % (BENCHMARKS.md, closed loop): too small to see live in a few minutes."""
     min_events: int | None = None
     """`loop.min_events`; None keeps the setting (a cycle on fewer events is skipped)."""
     check_interval_s: float = 1.0
@@ -138,6 +144,7 @@ def child_env(workdir: Path, bootstrap: str, options: DemoOptions) -> dict[str, 
         "LOOP__LEADER_CHECK_INTERVAL_S": "1",
         "LOOP__PUBLISH_INTERVAL_S": "1",
         "LOOP__NEW_EVENTS": str(options.new_events),
+        "LOOP__TRAINER": options.trainer,
     }
     if options.min_events is not None:
         overrides["LOOP__MIN_EVENTS"] = str(options.min_events)

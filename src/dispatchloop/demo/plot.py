@@ -17,6 +17,8 @@ from dispatchloop.demo.report import DemoFigures
 
 ROLLING_DECISIONS = 19 * 20
 """The rolling mean's window: twenty episodes of the default world."""
+MIN_PERIODS = ROLLING_DECISIONS // 4
+"""A version's first decisions are not drawn until its mean has this many (no start spike)."""
 
 
 def save_plot(figures: DemoFigures, path: Path) -> Path:
@@ -31,14 +33,17 @@ def save_plot(figures: DemoFigures, path: Path) -> Path:
     for arm in dict.fromkeys(arms.tolist()):
         where = np.flatnonzero(arms == arm)
         label = "greedy (before any promotion)" if is_greedy(arm) else arm
-        axes.plot(where, rolling_mean(rewards[where], ROLLING_DECISIONS), label=label, lw=1.2)
+        means = rolling_mean(rewards[where], ROLLING_DECISIONS)
+        shown = slice(MIN_PERIODS, None) if where.size > 2 * MIN_PERIODS else slice(None)
+        axes.plot(where[shown], means[shown], label=label, lw=1.2)
     comparison = figures.comparison
     greedy_level = comparison.greedy.mean if comparison else None
     if greedy_level is not None:
         axes.axhline(greedy_level, color="grey", ls="--", lw=1, label="greedy, realised")
-    axes.axhline(
-        figures.levels.hindsight, color="black", ls=":", lw=1, label="hindsight, simulated"
-    )
+    for level, name in ((figures.levels.greedy, "greedy"), (figures.levels.hindsight, "hindsight")):
+        axes.axhline(level, color="black", ls=":", lw=0.8)
+        axes.annotate(f"{name}, simulated without exploration", (0, level), fontsize=7,
+                      xytext=(2, 2), textcoords="offset points")  # fmt: skip
     first = {arm: int(np.argmax(arms == arm)) for arm in dict.fromkeys(arms.tolist())}
     for promotion in figures.promotions:
         if promotion.version in first:
