@@ -17,8 +17,7 @@ from dispatchloop.replay import open_store
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SMALL_LOOP = {  # budgets of the daemon the demo starts (its children inherit the environment)
-    "DISPATCHLOOP_LOOP__OFFLINE_STEPS": "64",
-    "DISPATCHLOOP_LOOP__SIM_STEPS": "400",
+    "DISPATCHLOOP_LOOP__DISTILL_EPISODES": "4",
     "DISPATCHLOOP_GATE__MAX_EPISODES": "40",
     "DISPATCHLOOP_GATE__LOOKS": "1",
 }

@@ -140,6 +140,7 @@ def child_env(workdir: Path, bootstrap: str, options: DemoOptions) -> dict[str, 
         "KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
         "METRICS__ENABLED": "false",
         "LOG_FORMAT": "text",
+        "LOG_LEVEL": "INFO",  # the demo reads `run`'s "ready" line from its log
         "LOOP__CHECK_INTERVAL_S": str(options.check_interval_s),
         "LOOP__LEADER_CHECK_INTERVAL_S": "1",
         "LOOP__PUBLISH_INTERVAL_S": "1",
