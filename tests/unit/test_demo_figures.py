@@ -99,3 +99,34 @@ def test_seed_makes_another_world_and_event_stream() -> None:
     assert _first_events(Scenario.seeded(7), 7) == _first_events(Scenario.seeded(7), 7)
     zero, seven = _first_events(Scenario.seeded(0), 0), _first_events(Scenario.seeded(7), 7)
     assert all(a != b for a, b in zip(zero, seven, strict=True))
+
+
+def test_the_live_view_shows_cycles_verdicts_and_rewards_by_version() -> None:
+    import io
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from dispatchloop.daemon.cycles import Cycle
+    from dispatchloop.demo.monitor import Snapshot
+    from dispatchloop.demo.view import progress_line, render, sparkline
+    from dispatchloop.replay.base import TimeWindow
+
+    cycle = Cycle(
+        id=1, scope="*", trigger="new_events", stage="done", outcome="promoted", version="v1",
+        reasons=("all 8 gates passed",), timings={}, leader_id="h:1", leader_epoch=1,
+        events_seen=3000, window=TimeWindow(), started_at=datetime.now(UTC), finished_at=None,
+    )  # fmt: skip
+    snapshot = Snapshot(
+        seconds=12.0, events=4_000, events_per_s=99.0, cycles=[cycle], champion="v1",
+        arms={"greedy": (3_000, -7.3), "v1": (1_000, -6.7)},
+        series={"greedy": [-7.0, -7.5], "v1": [-6.0, -7.0, -6.5]},
+    )  # fmt: skip
+    out = io.StringIO()
+    Console(file=out, width=160).print(render(snapshot))
+    text = out.getvalue()
+    for shown in ("4000 events", "champion: v1", "new_events", "promoted", "all 8 gates passed",
+                  "-7.300", "-6.700"):  # fmt: skip
+        assert shown in text, text
+    assert "1 cycles done" in progress_line(snapshot)
+    assert sparkline([1.0, 2.0, 3.0]) == "▁▅█"
