@@ -16,9 +16,9 @@ from dispatchloop.demo.monitor import is_greedy
 from dispatchloop.demo.report import DemoFigures
 
 ROLLING_DECISIONS = 19 * 20
-"""The rolling mean's window: twenty episodes of the default world."""
-MIN_PERIODS = ROLLING_DECISIONS // 4
-"""A version's first decisions are not drawn until its mean has this many (no start spike)."""
+"""The rolling mean's shortest window: twenty episodes of the default world."""
+WINDOWS_PER_RUN = 60
+"""A long run widens the window to about 1/60 of its decisions (readable, not noise)."""
 
 
 def save_plot(figures: DemoFigures, path: Path) -> Path:
@@ -29,12 +29,14 @@ def save_plot(figures: DemoFigures, path: Path) -> Path:
     figure = Figure(figsize=(10, 5), dpi=110)
     axes = figure.subplots()
     rewards = np.array([d.reward for d in figures.decisions], dtype=np.float64)
+    window = max(ROLLING_DECISIONS, rewards.size // WINDOWS_PER_RUN)
+    min_periods = window // 4  # a version's first decisions are not drawn alone (no spike)
     arms = np.array([d.arm for d in figures.decisions])
     for arm in dict.fromkeys(arms.tolist()):
         where = np.flatnonzero(arms == arm)
         label = "greedy (before any promotion)" if is_greedy(arm) else arm
-        means = rolling_mean(rewards[where], ROLLING_DECISIONS)
-        shown = slice(MIN_PERIODS, None) if where.size > 2 * MIN_PERIODS else slice(None)
+        means = rolling_mean(rewards[where], window)
+        shown = slice(min_periods, None) if where.size > 2 * min_periods else slice(None)
         axes.plot(where[shown], means[shown], label=label, lw=1.2)
     comparison = figures.comparison
     greedy_level = comparison.greedy.mean if comparison else None
@@ -51,7 +53,7 @@ def save_plot(figures: DemoFigures, path: Path) -> Path:
             axes.text(first[promotion.version], axes.get_ylim()[1], f" {promotion.version}",
                       rotation=90, va="top", fontsize=7, color="green")  # fmt: skip
     axes.set_xlabel("decision (in decided_at order)")
-    axes.set_ylabel(f"realised reward per decision (rolling {ROLLING_DECISIONS})")
+    axes.set_ylabel(f"realised reward per decision (rolling {window})")
     axes.set_title("dispatchloop demo: the closed loop, live decisions by model version")
     axes.legend(loc="lower right", fontsize=8)
     staging = path.with_name(f".{path.name}.tmp")
