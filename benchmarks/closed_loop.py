@@ -68,10 +68,10 @@ def main() -> None:
     print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}"
           f", {os.cpu_count()} CPUs, load before {os.getloadavg()[0]:.2f}")  # fmt: skip
     head = ("| seed | cycles (outcomes) | promotions | worse | live − greedy per decision "
-            "[99 % CI] | live / greedy decisions | gap closed [99 % CI] | seconds | load after "
-            "| target |")  # fmt: skip
+            "[99 % CI] | live / greedy decisions | greedy realised | gap closed [99 % CI] | seconds "
+            "| load after | target |")  # fmt: skip
     print(head)
-    print("|---" * 10 + "|")
+    print("|---" * 11 + "|")
     rows = []
     for seed in args.seeds:
         figures = run_seed(seed, args.cycles, args.extra)
@@ -85,7 +85,7 @@ def main() -> None:
             f"| {figures['promotions']} | {figures['worse_promotions']} "
             f"| {lvg['mean_diff'] if lvg['mean_diff'] is not None else 'n/a'} "
             f"[{ci[0]}, {ci[1]}] | {live['decisions']} / {greedy['decisions']} "
-            f"| {figures['gap_closed']} {gap} | {figures['seconds']:.0f} "
+            f"| {greedy.get('mean')} | {figures['gap_closed']} {gap} | {figures['seconds']:.0f} "
             f"| {os.getloadavg()[0]:.2f} | {why} |",
             flush=True,
         )
