@@ -68,8 +68,8 @@ def main() -> None:
     print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}"
           f", {os.cpu_count()} CPUs, load before {os.getloadavg()[0]:.2f}")  # fmt: skip
     head = ("| seed | cycles (outcomes) | promotions | worse | live − greedy per decision "
-            "[99 % CI] | live / greedy decisions | greedy realised | gap closed [99 % CI] | seconds "
-            "| load after | target |")  # fmt: skip
+            "[99 % CI] | live / greedy decisions | greedy realised | gap closed [99 % CI] "
+            "| seconds | load after | target |")  # fmt: skip
     print(head)
     print("|---" * 11 + "|")
     rows = []
