@@ -76,7 +76,6 @@ class DemoFigures:
             "promotions": len(self.promotions),
             "worse_promotions": worse_promotions(self.promotions),
             "seconds": round(self.seconds, 1),
-            "seed": None,
             "cycle_outcomes": self.outcomes,
             "promoted": [p.version for p in self.promotions],
             "levels_per_decision": {
