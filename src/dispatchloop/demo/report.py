@@ -163,7 +163,8 @@ def verdict(figures: DemoFigures) -> str:
     n_prom = len(figures.promotions)
     worse = worse_promotions(figures.promotions)
     head = (
-        f"In {figures.seconds / 60:.1f} minutes the loop ran {figures.cycles} cycles "
+        f"In {figures.seconds / 60:.1f} minutes the loop ran {figures.cycles} "
+        f"cycle{'s' if figures.cycles != 1 else ''} "
         f"({', '.join(f'{v} {k}' for k, v in sorted(figures.outcomes.items())) or 'none'}) "
         f"on {figures.run.last.events} stored decisions and promoted {n_prom} "
         f"version{'s' if n_prom != 1 else ''}"
