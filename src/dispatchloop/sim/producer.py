@@ -14,6 +14,7 @@ keeps once. Use another `--seed` for new events.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -252,8 +253,12 @@ def produce(
     total: int,
     rate: float = 0.0,
     show_progress: bool | None = None,
+    stop: threading.Event | None = None,
 ) -> ProduceResult:
-    """Send events to `kafka.topic` keyed by episode_id (acks=all) at `rate` per second."""
+    """Send events to `kafka.topic` keyed by episode_id (acks=all) at `rate` per second.
+
+    `stop` set: no further event is drawn; those sent are flushed and counted (a SIGTERM
+    to `simulate` ends it cleanly, e.g. when `demo` stops its dispatch system)."""
     import json  # noqa: PLC0415 - only the Kafka path serialises
 
     from kafka import KafkaProducer  # noqa: PLC0415 - the simulator itself needs no Kafka
@@ -266,6 +271,8 @@ def produce(
     try:
         with progress("simulate → kafka", total, show_bar=show_progress) as bar:
             for event in events:
+                if stop is not None and stop.is_set():
+                    break
                 _pace(started, sent, rate)
                 future = producer.send(
                     kafka.topic,
@@ -306,10 +313,12 @@ def simulate_to_kafka(
     start: datetime = DEFAULT_START,
     load_model_policy: ModelPolicyLoader | None = None,
     served: ServedDecider | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """What `dispatchloop simulate` does; returns the summary it prints.
 
-    `served` (simulate --follow) decides instead of `policy` and `epsilon`."""
+    `served` (simulate --follow) decides instead of `policy` and `epsilon`; `stop` ends
+    production early (the summary counts what was sent)."""
     scenario = load_scenario(scenario_path)
     logging_policy = resolve_policy(policy, seed, load_model_policy)
     events = simulated_events(
@@ -323,7 +332,7 @@ def simulate_to_kafka(
         company_id=company_id,
         served=served,
     )
-    result = produce(events, settings.kafka, total=n_events, rate=rate)
+    result = produce(events, settings.kafka, total=n_events, rate=rate, stop=stop)
     logger.info("produced %d simulated events in %.1f s", result.events, result.seconds)
     return {
         "events": result.events,

@@ -156,6 +156,17 @@ class Scenario:
         return cls()
 
     @classmethod
+    def seeded(cls, seed: int) -> Scenario:
+        """The default world's shape with its pickup and drop-off hubs drawn from `seed`
+        (0: the default world itself): `demo --seed` plays a different city."""
+        if seed == 0:
+            return cls()
+        return cls(
+            pickup_points=_default_points(11 + 1_000 * seed, 6, 0.02),
+            dropoff_points=_default_points(12 + 1_000 * seed, 3, 0.01),
+        )
+
+    @classmethod
     def fit(cls, store: ReplayStore, window: TimeWindow, base: Scenario | None = None) -> Scenario:
         """Calibrate from stored events; see `dispatchloop.sim.calibration` for the estimators.
 
