@@ -34,6 +34,7 @@ away. Booleans are not numbers in msgspec's strict decoding, as in the models.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from operator import attrgetter
 from typing import Annotated, Any, Literal, Union, get_type_hints
@@ -61,21 +62,23 @@ Timestamp = Annotated[
 
 # gc=False: these never form reference cycles, and thousands of them per poll
 # would otherwise be tracked (and scanned) by the cyclic garbage collector.
-class _LatLon(msgspec.Struct, gc=False):
+# LatLon, Booking and Candidate are public: serving's `screen_decide_request` hands them
+# to the featurizer (`situation_from_screened`), as the models' path hands the models.
+class LatLonStruct(msgspec.Struct, gc=False):
     lat: Latitude
     lon: Longitude
 
 
-class _Booking(msgspec.Struct, gc=False):
+class BookingStruct(msgspec.Struct, gc=False):
     booking_id: Identifier
-    pickup: _LatLon
-    dropoff: _LatLon
+    pickup: LatLonStruct
+    dropoff: LatLonStruct
     window_start: Timestamp
     window_end: Timestamp
     priority: Annotated[int, msgspec.Meta(ge=1, le=3)]
 
 
-class _Candidate(msgspec.Struct, gc=False):
+class CandidateStruct(msgspec.Struct, gc=False):
     driver_id: Identifier
     lat: Latitude
     lon: Longitude
@@ -106,11 +109,22 @@ class _Event(msgspec.Struct, gc=False):
     step: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
     decided_at: Timestamp
     occurred_at: Timestamp
-    booking: _Booking
-    candidates: Annotated[list[_Candidate], msgspec.Meta(min_length=1, max_length=MAX_CANDIDATES)]
+    booking: BookingStruct
+    candidates: Annotated[
+        list[CandidateStruct], msgspec.Meta(min_length=1, max_length=MAX_CANDIDATES)
+    ]
     action: _Action
     outcome: _Outcome
     reward: float | None = None
+
+
+class _DecideRequest(msgspec.Struct, gc=False):
+    decided_at: Timestamp
+    booking: BookingStruct
+    candidates: Annotated[
+        list[CandidateStruct], msgspec.Meta(min_length=1, max_length=MAX_CANDIDATES)
+    ]
+    company_id: Identifier | None = None
 
 
 class ScreenedEvent(msgspec.Struct, gc=False, frozen=True):
@@ -124,12 +138,13 @@ class ScreenedEvent(msgspec.Struct, gc=False, frozen=True):
 
 # The mirror structs and their bounds are the tested part; the test module reads them here.
 MIRRORED_MODELS = {
-    "LatLon": _LatLon,
-    "Booking": _Booking,
-    "Candidate": _Candidate,
+    "LatLon": LatLonStruct,
+    "Booking": BookingStruct,
+    "Candidate": CandidateStruct,
     "Action": _Action,
     "Outcome": _Outcome,
     "DispatchOutcomeEvent": _Event,
+    "DecideRequest": _DecideRequest,
 }
 _GENERIC = msgspec.json.Decoder()
 
@@ -264,9 +279,9 @@ class _Learned:
         self.optional = optional
         self.extras = extras
         self.count = sum(map(len, extras.values()))
-        latlon = self._struct("latlon", _LatLon, {})
-        booking = self._struct("booking", _Booking, {"pickup": latlon, "dropoff": latlon})
-        candidate = self._struct("candidate", _Candidate, {})
+        latlon = self._struct("latlon", LatLonStruct, {})
+        booking = self._struct("booking", BookingStruct, {"pickup": latlon, "dropoff": latlon})
+        candidate = self._struct("candidate", CandidateStruct, {})
         candidates = Annotated[
             list[candidate],  # type: ignore[valid-type]
             msgspec.Meta(min_length=1, max_length=MAX_CANDIDATES),
@@ -433,3 +448,96 @@ def _loose_quotes(event: Any, learned: _Learned) -> int:
         values = (*values, *map(getter, candidates))
     # an extra present: its key (2), and its value's quotes if it is a string (2)
     return quotes + 2 * (len(values) - values.count(UNSET) + list(map(type, values)).count(str))
+
+
+# --- serving's request: `POST /v1/decide` without building the pydantic models -----------
+#
+# The same mirror structs (`_DecideRequest` is compared with `DecideRequest` like the
+# others), derived with forbid_unknown_fields: a request holding any key the contract
+# does not name (ignored by the models) takes the models' path, so extras (NaN, deep
+# nesting, numbers beyond float range in a field nobody reads) never need a verdict
+# here. Both parsers keep the last copy of a duplicated key. Bytes with a backslash
+# (escapes) and invalid UTF-8 go to the models too. What is accepted then passes every
+# rule the models check (timestamps as in `_keys_if_consistent`, window order, no
+# (0, 0) pickup or dropoff, unique driver ids, one eligible driver); anything else is
+# None, and `DecideRequest.model_validate_json` gives the verdict (422 or a decision).
+
+
+class ScreenedDecideRequest(msgspec.Struct, gc=False, frozen=True):
+    """A `DecideRequest` screening accepted: the decoded structs, timestamps parsed."""
+
+    decided_at: datetime
+    window_start: datetime
+    """`booking.window_start` parsed (the struct keeps the text)."""
+    window_end: datetime
+    booking: BookingStruct
+    candidates: Sequence[CandidateStruct]
+    company_id: str | None
+
+
+# The mirrors refusing unknown keys: subclasses, so a decoded request holds the structs'
+# own types (and their fields, bounds and defaults, which a subclass cannot drop).
+class _StrictLatLon(LatLonStruct, forbid_unknown_fields=True):
+    pass
+
+
+class _StrictBooking(BookingStruct, forbid_unknown_fields=True):
+    pickup: _StrictLatLon
+    dropoff: _StrictLatLon
+
+
+class _StrictCandidate(CandidateStruct, forbid_unknown_fields=True):
+    pass
+
+
+class _StrictDecideRequest(_DecideRequest, forbid_unknown_fields=True):
+    booking: _StrictBooking
+    candidates: Annotated[  # type: ignore[assignment]  # list is invariant; read-only here
+        list[_StrictCandidate], msgspec.Meta(min_length=1, max_length=MAX_CANDIDATES)
+    ]
+
+
+STRICT_MIRRORS = {
+    _StrictLatLon: LatLonStruct,
+    _StrictBooking: BookingStruct,
+    _StrictCandidate: CandidateStruct,
+    _StrictDecideRequest: _DecideRequest,
+}
+"""Each strict struct and the mirror it must equal but for unknown keys (tested)."""
+_DECIDE = msgspec.json.Decoder(_StrictDecideRequest)
+
+
+def screen_decide_request(raw: bytes) -> ScreenedDecideRequest | None:
+    """The request when every rule of `DecideRequest` visibly holds; None: ask the models."""
+    if b"\\" in raw or (not raw.isascii() and not _is_utf8(raw)):
+        return None
+    try:
+        request = _DECIDE.decode(raw)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    booking, candidates = request.booking, request.candidates
+    try:
+        decided_at = datetime.fromisoformat(request.decided_at)
+        window_start = datetime.fromisoformat(booking.window_start)
+        window_end = datetime.fromisoformat(booking.window_end)
+    except ValueError:
+        return None
+    if (
+        window_end < window_start
+        or _is_null_island(booking.pickup)
+        or _is_null_island(booking.dropoff)
+        or len({candidate.driver_id for candidate in candidates}) != len(candidates)
+        or not any(candidate.eligible for candidate in candidates)
+    ):
+        return None
+    return ScreenedDecideRequest(
+        decided_at, window_start, window_end, booking, candidates, request.company_id
+    )
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

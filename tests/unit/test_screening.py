@@ -9,7 +9,7 @@ exactly `parse_outcome`'s verdict.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import numpy as np
@@ -38,7 +38,11 @@ BOUNDS = ("ge", "gt", "le", "lt", "min_length", "max_length")
 
 def _model_bounds(field: FieldInfo) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    for constraint in field.metadata:
+    constraints = list(field.metadata)
+    for member in get_args(field.annotation):  # `Identifier | None`: Identifier's own bounds
+        for extra in get_args(member)[1:]:  # Annotated[str, FieldInfo(...)]
+            constraints += getattr(extra, "metadata", [extra])
+    for constraint in constraints:
         for name in BOUNDS:
             if getattr(constraint, name, None) is not None:
                 found[name] = getattr(constraint, name)

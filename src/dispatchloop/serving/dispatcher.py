@@ -35,12 +35,16 @@ from dispatchloop.decisions.featurizer import (
     demand_map,
     featurize,
     featurize_batch,
-    situation_from_decision,
+    situation_from_request,
     stack_situations,
 )
 from dispatchloop.decisions.scorer import CandidateScorer
 from dispatchloop.events import DecideRequest
+from dispatchloop.screening import ScreenedDecideRequest
 
+ServingRequest = DecideRequest | ScreenedDecideRequest
+"""A request validated by the models, or screened by `screen_decide_request` (the same
+attributes, and the same situation: `situation_from_request`)."""
 GLOBAL_SCOPE = "*"
 GREEDY_POLICY = "greedy"
 ETA_COLUMN = CANDIDATE_FEATURES.index("eta_h")
@@ -114,11 +118,9 @@ def _greedy(scores: NDArray[np.float64], mask: NDArray[np.bool_]) -> int:
 class _Featurized:
     """Features of one request, computed once per demand map however many arms use it."""
 
-    def __init__(self, request: DecideRequest) -> None:
+    def __init__(self, request: ServingRequest) -> None:
         self.request = request
-        self.situation = situation_from_decision(
-            request.decided_at, request.booking, request.candidates
-        )
+        self.situation = situation_from_request(request)
         self._by_map: dict[int, Features] = {}
 
     def features(self, demand: DemandMap) -> Features:
@@ -161,7 +163,7 @@ def greedy_choices(
     return choices
 
 
-def score_arms(request: DecideRequest, routing: Routing) -> list[Arm]:
+def score_arms(request: ServingRequest, routing: Routing) -> list[Arm]:
     challenger_share = routing.challenger_share if routing.challenger is not None else 0.0
     featurized = _Featurized(request)
     arms: list[Arm] = []
@@ -179,7 +181,7 @@ def score_arms(request: DecideRequest, routing: Routing) -> list[Arm]:
 
 
 def decide(
-    request: DecideRequest, routing: Routing, epsilon: float, rng: np.random.Generator
+    request: ServingRequest, routing: Routing, epsilon: float, rng: np.random.Generator
 ) -> Decision:
     """One decision and its exact propensity under `routing` and `epsilon`."""
     mask = np.array([c.eligible for c in request.candidates], dtype=np.bool_)
@@ -187,7 +189,7 @@ def decide(
 
 
 def sample_decision(
-    request: DecideRequest,
+    request: ServingRequest,
     arms: list[Arm],
     mask: NDArray[np.bool_],
     epsilon: float,
@@ -247,7 +249,7 @@ class Dispatcher:
         """Every scope's current routing (a snapshot)."""
         return self._routings
 
-    def decide(self, request: DecideRequest) -> Decision:
+    def decide(self, request: ServingRequest) -> Decision:
         return decide(request, self.routing_for(request.company_id), self.epsilon, self._rng())
 
     def _rng(self) -> np.random.Generator:

@@ -2,10 +2,12 @@
 
 Endpoints (DESIGN.md, "Serving contract"):
 - `POST /v1/decide`: a `DecideRequest` → `{"driver_id", "policy", "model_version",
-  "propensity", "scores"}`. The body is validated by the event models straight
-  from bytes; a bad request gets 422 naming the field (`candidates.3.lat`), never
-  a 500. The decision runs on the event loop: it is a few hundred microseconds of
-  NumPy, cheaper than a hop to a worker thread.
+  "propensity", "scores"}`. The body is screened by msgspec mirrors of the event
+  models (`screening.screen_decide_request`: stricter, the same values); whatever
+  they do not accept is validated by the models straight from bytes, so a bad
+  request gets the models' 422 naming the field (`candidates.3.lat`), never a 500.
+  The decision runs on the event loop: it is a few hundred microseconds of NumPy,
+  cheaper than a hop to a worker thread.
 - `GET /v1/models`: which versions serve each scope, the canary share, epsilon.
 - `/healthz` (alive), `/readyz` (503 until the follower has read `dispatch.models`
   to the end offsets seen at start), `/metrics` (Prometheus, `ServingMetrics`).
@@ -34,7 +36,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dispatchloop.events import DecideRequest
-from dispatchloop.serving.dispatcher import Decision, Dispatcher, Routing, ServedModel
+from dispatchloop.screening import screen_decide_request
+from dispatchloop.serving.dispatcher import (
+    Decision,
+    Dispatcher,
+    Routing,
+    ServedModel,
+    ServingRequest,
+)
 from dispatchloop.serving.follower import ModelFollower
 from dispatchloop.serving.metrics import ServingMetrics
 
@@ -59,11 +68,10 @@ def create_app(
         if len(body) > MAX_BODY_BYTES:
             metrics.invalid_requests.inc()
             return _invalid("body", f"the body exceeds {MAX_BODY_BYTES} bytes", [])
-        try:
-            decide_request = DecideRequest.model_validate_json(body)
-        except ValidationError as exc:
+        decide_request = validated(body)
+        if isinstance(decide_request, ValidationError):
             metrics.invalid_requests.inc()
-            return _validation_failure(exc)
+            return _validation_failure(decide_request)
         decision = dispatcher.decide(decide_request)
         metrics.decided(decision.model_version, decision.policy, time.perf_counter() - started)
         return Response(decision_json(decision), media_type="application/json")
@@ -97,6 +105,20 @@ def create_app(
             Route("/metrics", prometheus, methods=["GET"]),
         ]
     )
+
+
+def validated(body: bytes) -> ServingRequest | ValidationError:
+    """The request, screened fast or else validated by the models (their error if invalid).
+
+    `screen_decide_request` accepts only what the models accept, as the same values
+    (tests/unit/test_serving_screening.py); the rest, valid or not, is the models' call."""
+    screened = screen_decide_request(body)
+    if screened is not None:
+        return screened
+    try:
+        return DecideRequest.model_validate_json(body)
+    except ValidationError as exc:
+        return exc
 
 
 def decision_json(decision: Decision) -> bytes:
