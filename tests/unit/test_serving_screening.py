@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from dispatchloop import screening
+from dispatchloop.decisions import featurizer
 from dispatchloop.decisions.featurizer import (
     Situation,
     featurize,
@@ -321,3 +322,18 @@ def test_the_situation_featurizes_identically_with_either_request():
         b = featurize(_model_situation(DecideRequest.model_validate_json(body)), demand)
         for x, y in zip(a, b, strict=True):
             assert x.tobytes() == y.tobytes()
+
+
+def test_the_demand_projection_is_reused_by_content_never_by_identity():
+    situation = situation_from_request(screen_decide_request(json.dumps(_BASE[2]).encode()))  # type: ignore[arg-type]
+    demand = Scenario.default().arrays.demand.copy()
+    fresh = featurize(situation, demand)
+    again = featurize(situation, demand)  # from the cache
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(fresh, again, strict=True))
+    demand[0, 0] += 0.5  # changed in place: the same object, another map
+    moved = featurize(situation, demand)
+    assert moved.candidates.tobytes() != fresh.candidates.tobytes()
+    featurizer._PROJECTIONS.clear()
+    assert all(
+        a.tobytes() == b.tobytes() for a, b in zip(moved, featurize(situation, demand), strict=True)
+    )

@@ -123,6 +123,43 @@ def demand_map(pickup_points: Sequence[Sequence[float]] | NDArray[np.float64]) -
     return np.asarray(points[chosen], dtype=np.float64)
 
 
+class _Projection(NamedTuple):
+    lat0: np.float64
+    lon0: np.float64
+    east: np.float64
+    demand_x: NDArray[np.float32]
+    demand_y: NDArray[np.float32]
+
+
+_PROJECTIONS: dict[bytes, _Projection] = {}
+_MAX_PROJECTIONS = 16
+
+
+def _projection(demand: DemandMap) -> _Projection:
+    """The demand map in kilometres east/north of its centre, computed once per map.
+
+    A served model featurizes every request against the same map; the projection
+    (seven NumPy calls) was a tenth of `_coverage`. Keyed by the map's bytes, not its
+    identity, so a map changed in place or a new map at a freed address is never
+    mistaken for another: the numbers are exactly those computed afresh.
+    float32 from here on (half the memory traffic of the (B, n, P) arrays; the
+    features are float32 anyway)."""
+    key = demand.tobytes() + str(demand.shape).encode()
+    found = _PROJECTIONS.get(key)
+    if found is not None:
+        return found
+    lat0, lon0 = demand.mean(axis=0)
+    east = np.cos(np.radians(lat0)) * KM_PER_DEG
+    demand_x = ((demand[:, 1] - lon0) * east).astype(np.float32)
+    demand_y = ((demand[:, 0] - lat0) * KM_PER_DEG).astype(np.float32)
+    demand_x.flags.writeable = demand_y.flags.writeable = False
+    if len(_PROJECTIONS) >= _MAX_PROJECTIONS:  # a simulator sweeping worlds: start over
+        _PROJECTIONS.clear()
+    projection = _Projection(lat0, lon0, east, demand_x, demand_y)
+    _PROJECTIONS[key] = projection
+    return projection
+
+
 def _coverage(
     driver_lat: NDArray[np.float64],
     driver_lon: NDArray[np.float64],
@@ -142,12 +179,7 @@ def _coverage(
     """
     size, n = driver_lat.shape
     points = len(demand)
-    # Kilometres east/north of the map's centre; float32 from here on (half the memory
-    # traffic of the (B, n, P) arrays; the features are float32 anyway).
-    lat0, lon0 = demand.mean(axis=0)
-    east = np.cos(np.radians(lat0)) * KM_PER_DEG
-    demand_x = ((demand[:, 1] - lon0) * east).astype(np.float32)
-    demand_y = ((demand[:, 0] - lat0) * KM_PER_DEG).astype(np.float32)
+    lat0, lon0, east, demand_x, demand_y = _projection(demand)
     dx = ((driver_lon - lon0) * east).astype(np.float32)[..., None] - demand_x
     dy = ((driver_lat - lat0) * KM_PER_DEG).astype(np.float32)[..., None] - demand_y
     km = np.sqrt(dx * dx + dy * dy)  # (B, n, P)
@@ -164,7 +196,10 @@ def _coverage(
     owner = (rows * n + nearest).ravel()
     loss = np.bincount(owner, weights=margin.ravel(), minlength=size * n) / points
     share = np.bincount(owner, minlength=size * n) / points
-    return loss.reshape(size, n), share.reshape(size, n), km.mean(axis=2, dtype=np.float64)
+    # km.mean(axis=2, dtype=float64) without its Python wrapper: the same float64 sum
+    # (add.reduce, pairwise) divided by the same count, so the same bits.
+    mean_km = np.add.reduce(km, axis=2, dtype=np.float64) / points
+    return loss.reshape(size, n), share.reshape(size, n), mean_km
 
 
 def featurize(situation: Situation, demand: DemandMap) -> Features:
@@ -203,7 +238,7 @@ def featurize(situation: Situation, demand: DemandMap) -> Features:
             s.to_window_start_min / 60.0,
             (s.to_window_end_min - s.to_window_start_min) / 60.0,
             n / 64.0,
-            s.eligible.mean(),
+            np.count_nonzero(s.eligible) / n,  # eligible.mean(): the same float64 quotient
         ],
         dtype=np.float32,
     )
