@@ -1,4 +1,9 @@
-"""Fast screening of raw outcome events: the ingest hot path's verdict on one record.
+"""Fast screening of raw wire bytes: outcome events (ingest) and decide requests (serving).
+
+`screen_outcome` is the ingest hot path's verdict on one record; `screen_decide_request`
+(at the end of this module) is serving's `POST /v1/decide` body, with the same mirror
+structs and the same rule: accept only what the models accept, as the same values, and
+leave everything else to them.
 
 Why it exists: the ingest loop only needs to know whether a record is a valid
 schema-v1 event, and if so its four storage keys; the store keeps the raw bytes.
