@@ -337,3 +337,27 @@ def test_the_demand_projection_is_reused_by_content_never_by_identity():
     assert all(
         a.tobytes() == b.tobytes() for a, b in zip(moved, featurize(situation, demand), strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [b"-0", b"-0.0", b"0e-400", b"-1e-400", b"1e-320", b"46.21447164194890000000000001",
+     b"4.621447164194889e1", b"46.214471641948895", b"1E1", b"1.7976931348623157e308"],
+)  # fmt: skip
+def test_numbers_spelled_as_no_encoder_writes_them_give_the_models_values(spelling: bytes):
+    """The parsers agree on signs of zero, underflow, excess digits and exponents."""
+    document = json.loads(json.dumps(_BASE[0]))
+    document["candidates"][0]["lat"] = document["booking"]["pickup"]["lat"] = 12345.5
+    document["candidates"][1]["available_in_min"] = 67890.5
+    raw = json.dumps(document).encode()
+    raw = raw.replace(b"12345.5", spelling).replace(b"67890.5", spelling.lstrip(b"-"))
+    fast = screen_decide_request(raw)
+    try:
+        model = DecideRequest.model_validate_json(raw)
+    except ValidationError:
+        assert fast is None
+        return
+    if spelling == b"-0":  # with the dropoff elsewhere: not the null island, and valid
+        assert fast is not None
+    if fast is not None:
+        _assert_same_situation(situation_from_request(fast), _model_situation(model))
