@@ -27,8 +27,6 @@ from dispatchloop.tuning.study import make_pruner, make_storage, open_study
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY = [
-    "--steps-per-trial",
-    "400",
     "--validation-episodes",
     "3",
     "--evaluations",
@@ -38,7 +36,9 @@ TINY = [
 ]
 
 
-def tune_command(storage: str, study: str, trials: int, output: Path) -> list[str]:
+def tune_command(
+    storage: str, study: str, trials: int, output: Path, steps_per_trial: int = 400
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -54,6 +54,8 @@ def tune_command(storage: str, study: str, trials: int, output: Path) -> list[st
         str(output),
         "--json",
         *TINY,
+        "--steps-per-trial",
+        str(steps_per_trial),
     ]
 
 
@@ -117,7 +119,9 @@ def test_killed_worker_is_resumed_and_its_trial_rerun(
 ) -> None:
     n_trials = 4
     output = tmp_path / "out.json"
-    command = tune_command(pg_url, "resume", n_trials, output)
+    # Trials of a few seconds: with 400 steps a faster simulator (or a quiet host) finished
+    # all four between two looks at the study, and the kill never landed in a trial.
+    command = tune_command(pg_url, "resume", n_trials, output, steps_per_trial=3_000)
     for _attempt in range(3):  # the trial seen running may finish just before the kill lands
         _kill_during_a_trial(start(command, tmp_path, workers), pg_url)
         after_kill = optuna.load_study(study_name="resume", storage=pg_url).get_trials()
