@@ -26,10 +26,13 @@ from dispatchloop.screening import MIRRORED_MODELS, ScreenedEvent, screen_outcom
 from dispatchloop.testing.events import (
     HOSTILE_KINDS,
     MALFORMED_KINDS,
+    delete_path,
     encode,
     event_stream,
     hostile_record,
+    json_paths,
     malformed_record,
+    set_path,
 )
 
 LIMIT = 65_536
@@ -105,7 +108,7 @@ def test_valid_but_unusual_events_are_still_stored_with_the_models_keys(
     path: tuple[Any, ...], value: Any
 ):
     event = next(event_stream(seed=7, n_events=1))
-    _set(event, path, value)
+    set_path(event, path, value)
     raw = encode(event)
     screened = screen_outcome(raw, LIMIT)
     assert isinstance(screened, DispatchOutcomeEvent), "decided by the model, and valid"
@@ -168,29 +171,6 @@ _VALUES = st.one_of(
 _BASES = [*event_stream(seed=8, n_events=3)]
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    paths = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for key, child in node.items():
-            paths += _paths(child, (*prefix, key))
-    elif isinstance(node, list):
-        for index, child in enumerate(node[:2]):
-            paths += _paths(child, (*prefix, index))
-    return paths
-
-
-def _set(event: Any, path: tuple[Any, ...], value: Any) -> None:
-    for key in path[:-1]:
-        event = event[key]
-    event[path[-1]] = value
-
-
-def _delete(event: Any, path: tuple[Any, ...]) -> None:
-    for key in path[:-1]:
-        event = event[key]
-    del event[path[-1]]
-
-
 Mutation = tuple[int, list[tuple[Any, ...]], list[tuple[str, int, Any]], str]
 _MUTATION = st.tuples(
     st.sampled_from(range(len(_BASES))),
@@ -209,16 +189,16 @@ def _mutated(mutation: Mutation) -> bytes:
     base, timestamp_changes, changes, framing = mutation
     event = json.loads(json.dumps(_BASES[base]))
     for path, moment in timestamp_changes:
-        _set(event, path, moment)
+        set_path(event, path, moment)
     for operation, pick, value in changes:
-        paths = _paths(event)
+        paths = json_paths(event)
         if not paths:
             break
         path = paths[pick % len(paths)]
         if operation == "set":
-            _set(event, path, json.loads(json.dumps(value)))  # a copy: no shared sub-objects
+            set_path(event, path, json.loads(json.dumps(value)))  # a copy: no shared sub-objects
         else:
-            _delete(event, path)
+            delete_path(event, path)
     raw = json.dumps(event).encode()
     if framing == "bom":
         raw = b"\xef\xbb\xbf" + raw

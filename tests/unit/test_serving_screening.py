@@ -37,6 +37,7 @@ from dispatchloop.settings import RewardSettings
 from dispatchloop.sim.policies import GreedyPolicy, LoggingPolicy
 from dispatchloop.sim.producer import simulated_events
 from dispatchloop.sim.scenario import Scenario
+from dispatchloop.testing.events import delete_path, json_paths, set_path
 
 REQUEST_FIELDS = ("decided_at", "booking", "candidates", "company_id")
 
@@ -210,29 +211,6 @@ _VALUES = st.one_of(
 )
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    paths = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for key, child in node.items():
-            paths += _paths(child, (*prefix, key))
-    elif isinstance(node, list):
-        for index, child in enumerate(node[:2]):
-            paths += _paths(child, (*prefix, index))
-    return paths
-
-
-def _set(node: Any, path: tuple[Any, ...], value: Any) -> None:
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-
-
-def _delete(node: Any, path: tuple[Any, ...]) -> None:
-    for key in path[:-1]:
-        node = node[key]
-    del node[path[-1]]
-
-
 Mutation = tuple[int, list[tuple[Any, str]], list[tuple[str, int, Any]], str]
 _MUTATION = st.tuples(
     st.sampled_from(range(len(_BASE))),
@@ -251,22 +229,22 @@ def _mutated(mutation: Mutation) -> bytes:
     base, timestamp_changes, changes, framing = mutation
     document = json.loads(json.dumps(_BASE[base]))
     for path, moment in timestamp_changes:
-        _set(document, path, moment)
+        set_path(document, path, moment)
     for operation, pick, value in changes:
-        paths = _paths(document)
+        paths = json_paths(document)
         if not paths:
             break
         path = paths[pick % len(paths)]
         if operation == "set":
-            _set(document, path, json.loads(json.dumps(value)))
+            set_path(document, path, json.loads(json.dumps(value)))
         elif operation == "copy":  # another field's value: same-typed, often a duplicate id
             source = paths[(pick * 7 + 3) % len(paths)]
             node: Any = document
             for key in source:
                 node = node[key]
-            _set(document, path, json.loads(json.dumps(node)))
+            set_path(document, path, json.loads(json.dumps(node)))
         else:
-            _delete(document, path)
+            delete_path(document, path)
     raw = json.dumps(document, indent=2 if framing == "pretty" else None).encode()
     if framing == "bom":
         raw = b"\xef\xbb\xbf" + raw

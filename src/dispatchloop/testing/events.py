@@ -205,3 +205,30 @@ def _break(event: dict[str, Any], kind: str) -> bytes | None:
         raise ValueError(f"unknown hostile kind {kind!r}")
     mutations[kind]()
     return None
+
+
+def json_paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a JSON document (keys, and indexes of a list's first two items):
+    where a mutation test may set or delete a value."""
+    paths = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, child in node.items():
+            paths += json_paths(child, (*prefix, key))
+    elif isinstance(node, list):
+        for index, child in enumerate(node[:2]):
+            paths += json_paths(child, (*prefix, index))
+    return paths
+
+
+def set_path(node: Any, path: tuple[Any, ...], value: Any) -> None:
+    """Set the value at `path` (from `json_paths`) in place."""
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+
+def delete_path(node: Any, path: tuple[Any, ...]) -> None:
+    """Delete the value at `path` (from `json_paths`) in place."""
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
