@@ -24,6 +24,7 @@ from dispatchloop.serving.dispatcher import (
     choice_probabilities,
     decide,
     greedy_choices,
+    propensity_of,
     sample_decision,
     score_arms,
 )
@@ -150,6 +151,23 @@ def test_choice_probabilities_are_a_distribution_over_eligible_drivers() -> None
     assert p[1] == 0.0
     assert p[0] == pytest.approx(0.7 * 0.8 + 0.2 / 3)
     assert p[2] == pytest.approx(0.3 * 0.8 + 0.2 / 3)
+
+
+def test_the_logged_propensity_is_the_mixture_probability_bit_for_bit() -> None:
+    """`propensity_of` (plain floats, what a decision logs) against the array definition."""
+    rng = np.random.default_rng(3)
+    for _ in range(2_000):
+        n = int(rng.integers(1, 41))
+        mask = rng.random(n) < rng.uniform(0.05, 1.0)
+        mask[rng.integers(n)] = True
+        eligible = np.flatnonzero(mask)
+        weights = rng.random(int(rng.integers(1, 3))) + 1e-3
+        shares = [float(w / weights.sum()) for w in weights]
+        greedy = [int(rng.choice(eligible)) for _ in shares]
+        epsilon = float(rng.choice([0.0, 0.05, rng.random() * 0.999]))
+        truth = choice_probabilities(np.array(shares), np.array(greedy), mask, epsilon)
+        for index in range(n):
+            assert propensity_of(index, shares, greedy, mask, epsilon) == truth[index]
 
 
 def test_swaps_between_decisions_never_mix_versions() -> None:

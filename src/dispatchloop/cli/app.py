@@ -8,6 +8,8 @@ command's own checks); other `DispatchloopError`s exit 1.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -53,3 +55,18 @@ def fail_config(message: str) -> typer.Exit:
 def fail_store(exc: Exception) -> typer.Exit:
     """An unreachable replay store (StoreUnavailableError): exit 2 in one sentence."""
     return fail_config(f"{str(exc).rstrip('.')} (check DISPATCHLOOP_STORE_URL).")
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Matrix products on one BLAS thread, for commands that decide one booking at a
+    time (`serve`, `simulate`); process-wide, so the entry point's call.
+
+    A decision's products are small (40 rows): OpenBLAS splits them over its worker
+    threads, which then spin waiting for the next one. That doubled the CPU per
+    decision and took the second core from the HTTP clients and the event loop
+    (benchmarks/BENCHMARKS.md, "Serving"). The same results at half the CPU."""
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415 - keep `--help` fast
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dispatchloop.cli.app import app, fail_config, settings_of
+from dispatchloop.cli.app import app, fail_config, one_blas_thread, settings_of
 
 if TYPE_CHECKING:
     from dispatchloop.registry import SqlRegistry
@@ -64,7 +64,7 @@ def serve(
     )
     server = SidecarServer(create_app(stack.dispatcher, stack.metrics, stack.follower), sock)
     try:
-        with _stop_signals_end_cleanly():
+        with _stop_signals_end_cleanly(), one_blas_thread():
             server.run()
     finally:
         if stack.follower is not None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dispatchloop.cli.app import EXIT_FAILURE, app, fail_config, settings_of
+from dispatchloop.cli.app import EXIT_FAILURE, app, fail_config, one_blas_thread, settings_of
 
 if TYPE_CHECKING:
     from dispatchloop.events import DecideRequest
@@ -92,20 +92,21 @@ def simulate(  # noqa: PLR0917 - Typer maps one parameter per option
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     try:
-        summary = simulate_to_kafka(
-            settings,
-            n_events=events,
-            rate=rate,
-            policy=policy,
-            epsilon=0.0 if follow else epsilon,
-            seed=seed,
-            scenario_path=scenario,
-            company_id=company_id,
-            start=first_day.replace(tzinfo=UTC),
-            load_model_policy=_load_model_policy,
-            served=served,
-            stop=stop,
-        )
+        with one_blas_thread():
+            summary = simulate_to_kafka(
+                settings,
+                n_events=events,
+                rate=rate,
+                policy=policy,
+                epsilon=0.0 if follow else epsilon,
+                seed=seed,
+                scenario_path=scenario,
+                company_id=company_id,
+                start=first_day.replace(tzinfo=UTC),
+                load_model_policy=_load_model_policy,
+                served=served,
+                stop=stop,
+            )
     except SimulateInputError as exc:
         raise fail_config(f"{exc}.") from None
     except ProduceError as exc:
