@@ -7,9 +7,14 @@ One run measures, on the same model and the same 40-candidate requests:
 - **peer**: `benchmarks/serving_peer.py` (FastAPI parses `DecideRequest`, same
   featurizer, ONNX Runtime), its `async def` route and its thread-pool route.
 Each HTTP target gets wrk (Debian's `wrk`) twice: paced near 500 decisions/s
-(`--rate`; 20 connections, each pausing 20/rate minus 1 ms after an answer, so
-the rate barely depends on the latency) for p50/p99, and unpaced (16 connections)
-for the maximum throughput; the server's CPU time per decision is read from /proc.
+(`--rate`) for p50/p99, and unpaced (16 connections) for the maximum throughput;
+the server's CPU time per decision is read from /proc. Paced: 20 connections,
+each pausing an exponential time of mean 20/rate minus 1 ms after an answer
+(seeded), so requests arrive near-Poisson, as independent bookings do. (Until
+2026-12-02 the pause was fixed: the connections then stayed in phase and sent
+bursts of 20 every 40 ms, which alone put serve's /healthz at p50 1.0 ms.)
+The **HTTP floor** row is serve's own `GET /healthz` at the same pacing: the
+stack and the load generator without a decision, the least any route can take.
 Targets run one after another, interleaved over `--rounds`; the medians are kept.
 
     .venv/bin/python benchmarks/serving.py [--seconds 10] [--rounds 2]
@@ -58,16 +63,25 @@ HERE = Path(__file__).resolve().parent
 N_DRIVERS = 40
 WRK_SCRIPT = """
 local bodies, i = {}, 0
-for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+local method = os.getenv("METHOD") or "POST"
+if method == "POST" then
+  for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+end
 local path = os.getenv("TARGET_PATH")
-local pause = tonumber(os.getenv("PAUSE_MS") or "0")
-wrk.method = "POST"
+local mean_pause = tonumber(os.getenv("PAUSE_MS") or "0")
+wrk.method = method
 wrk.headers["Content-Type"] = "application/json"
 request = function()
+  if method ~= "POST" then return wrk.format(nil, path) end
   i = i % #bodies + 1
   return wrk.format(nil, path, nil, bodies[i])
 end
-if pause > 0 then delay = function() return pause end end
+-- Paced: each connection waits an exponential time (seeded) after an answer, so the
+-- connections' requests arrive as independent bookings do (near-Poisson), not in phase.
+math.randomseed(tonumber(os.getenv("SEED") or "7"))
+if mean_pause > 0 then
+  delay = function() return math.floor(-math.log(1 - math.random()) * mean_pause + 0.5) end
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.stderr:write(string.format(
@@ -195,6 +209,7 @@ def wrk(
     *,
     seconds: float,
     rate: float | None,
+    method: str = "POST",
 ) -> dict[str, Any]:
     """One wrk measurement; `files` are the request bodies and the Lua script. The
     server's CPU time per decision is also taken: on a shared machine it moves less
@@ -202,7 +217,7 @@ def wrk(
     bodies, script = files
     cpu_before = cpu_seconds(server.pid)
     connections = 20 if rate else 16  # paced: each connection waits ~40 ms after an answer
-    env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path}
+    env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path, "METHOD": method}
     if rate:
         env["PAUSE_MS"] = str(max(1, round(1000 * connections / rate - 1)))
     result = subprocess.run(
@@ -257,12 +272,24 @@ def main() -> None:
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
             t: {"paced": [], "max": []} for t in targets
         }
+        floor: list[dict[str, Any]] = []
         try:
             for server, command in commands.items():
                 servers[server] = start(command, env, ports[server])
             for server, path in targets.values():  # warm-up
                 wrk(servers[server], ports[server], path, (bodies, script), seconds=2, rate=None)
             for _ in range(args.rounds):
+                floor.append(
+                    wrk(
+                        servers["serve"],
+                        ports["serve"],
+                        "/healthz",
+                        (bodies, script),
+                        seconds=args.seconds,
+                        rate=args.rate,
+                        method="GET",
+                    )
+                )
                 for kind, rate in (("paced", args.rate), ("max", None)):
                     for name, (server, path) in targets.items():
                         runs[name][kind].append(
@@ -279,7 +306,7 @@ def main() -> None:
             for process in servers.values():
                 stop(process)
     load_after = os.getloadavg()
-    report(limits, runs, started, (load_before[0], load_after[0]), args)
+    report(limits, runs, floor, started=started, load=(load_before[0], load_after[0]), args=args)
 
 
 def _median(values: list[dict[str, Any]], key: str) -> float:
@@ -289,6 +316,8 @@ def _median(values: list[dict[str, Any]], key: str) -> float:
 def report(
     limits: dict[str, dict[str, float]],
     runs: dict[str, dict[str, list[dict[str, Any]]]],
+    floor: list[dict[str, Any]],
+    *,
     started: datetime,
     load: tuple[float, float],
     args: argparse.Namespace,
@@ -309,6 +338,11 @@ def report(
         print(f"| {name} (in process) | – | {figures['p50_us'] / 1e3:.3f} | "
               f"{figures['p99_us'] / 1e3:.3f} | – | {figures['max_rps']:,.0f} | – | "
               f"{figures['cpu_us']:.0f} | – |")  # fmt: skip
+    floor_errors = sum(r["errors"] + r["non_2xx"] for r in floor)
+    print(f"| HTTP floor: serve's GET /healthz, no decision (same stack, same pacing) | "
+          f"{_median(floor, 'rps'):,.0f} | {_median(floor, 'p50_us') / 1e3:.3f} | "
+          f"{_median(floor, 'p99_us') / 1e3:.3f} | {floor_errors} "
+          f"| – | – | {_median(floor, 'cpu_us'):.0f} | – |")  # fmt: skip
     for name, kinds in runs.items():
         paced, maximum = kinds["paced"], kinds["max"]
         errors = sum(r["errors"] + r["non_2xx"] for r in paced + maximum)
@@ -316,7 +350,7 @@ def report(
         print(f"| {name} | {_median(paced, 'rps'):,.0f} | {_median(paced, 'p50_us') / 1e3:.3f} | "
               f"{_median(paced, 'p99_us') / 1e3:.3f} | {errors} | {rps:,.0f} | "
               f"{rps / peer:.2f} | {cpu:.0f} | {peer_cpu / cpu:.2f} |")  # fmt: skip
-    print("\nraw:", json.dumps({"limits": limits, "runs": runs}))
+    print("\nraw:", json.dumps({"limits": limits, "floor": floor, "runs": runs}))
 
 
 if __name__ == "__main__":
