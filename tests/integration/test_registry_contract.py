@@ -20,8 +20,10 @@ import pytest
 import sqlalchemy as sa
 from registry_support import make_model, passing_record, rejecting_record
 
+from dispatchloop.errors import InputError
 from dispatchloop.events import ModelPromotedEvent
 from dispatchloop.registry import (
+    AliasChange,
     AliasConflictError,
     NoPassingDecisionError,
     NothingToRollBackError,
@@ -235,6 +237,95 @@ def test_compare_and_swap_refuses_a_stale_expected_previous(
         registry.set_alias("champion", v3, actor="stale-leader", reason="r", expected_previous=None)
     assert registry.get("champion").version == v2
     assert len(registry.history("champion")) == 2 and len(registry.outbox()) == 2
+
+
+def _canary_running(registry: SqlRegistry, models: list[Path]) -> list[str]:
+    """v1 champion, v2 challenger at 10 %."""
+    v1, v2, v3 = registered(registry, models)
+    registry.promote(v1, actor=ACTOR, reason="first")
+    registry.promote(v2, actor=ACTOR, reason="canary", alias="challenger", traffic_share=0.1)
+    return [v1, v2, v3]
+
+
+def _canary_promotion(v1: str, v2: str, *, challenger_now: str | None = None) -> list[AliasChange]:
+    """What a won canary does: champion := v2 (share 1), challenger v2 := share 0."""
+    return [
+        AliasChange(alias="champion", version=v2, expected_previous=v1, traffic_share=1.0,
+                    event_type="model.promoted"),
+        AliasChange(alias="challenger", version=v2, expected_previous=challenger_now or v2,
+                    traffic_share=0.0, event_type="model.traffic_changed"),
+    ]  # fmt: skip
+
+
+def test_set_aliases_moves_all_or_none(registry: SqlRegistry, models: list[Path]) -> None:
+    v1, v2, v3 = _canary_running(registry, models)
+    moves = registry.set_aliases(_canary_promotion(v1, v2), actor=ACTOR, reason="canary won")
+    assert [(m.event.key, m.event.event_type) for m in moves] == [
+        ("champion", "model.promoted"),
+        ("challenger", "model.traffic_changed"),
+    ]
+    champion, challenger = registry.alias("champion"), registry.alias("challenger")
+    assert champion is not None and challenger is not None
+    assert (champion.version, challenger.version, challenger.traffic_share) == (v2, v2, 0.0)
+    queued = [ModelPromotedEvent.model_validate_json(r.payload) for r in registry.outbox()]
+    assert [e.event_id for e in queued[-2:]] == [m.event.event_id for m in moves]
+    before = (registry.history("champion"), registry.history("challenger"), registry.outbox())
+    stale = _canary_promotion(v2, v3, challenger_now=v3)  # champion matches; challenger does not
+    with pytest.raises(AliasConflictError, match="challenger of scope"):
+        registry.set_aliases(stale, actor="stale-leader", reason="r")
+    assert registry.get("champion").version == v2  # the first move was rolled back with it
+    after = (registry.history("champion"), registry.history("challenger"), registry.outbox())
+    assert after == before
+    with pytest.raises(InputError, match="at most once"):
+        registry.set_aliases(_canary_promotion(v2, v3)[:1] * 2, actor=ACTOR, reason="r")
+    with pytest.raises(InputError, match="at most once"):
+        registry.set_aliases([], actor=ACTOR, reason="r")
+
+
+_KILLED_MID_PAIR = textwrap.dedent(
+    """
+    import sys
+    from dispatchloop.registry import AliasChange, open_registry
+    from dispatchloop.registry.base import crash_checkpoint
+    url, root, point, v1, v2 = sys.argv[1:6]
+    registry = open_registry(url, root, checkpoint=crash_checkpoint(point))
+    registry.set_aliases([
+        AliasChange(alias="champion", version=v2, expected_previous=v1, traffic_share=1.0,
+                    event_type="model.promoted"),
+        AliasChange(alias="challenger", version=v2, expected_previous=v2, traffic_share=0.0,
+                    event_type="model.traffic_changed"),
+    ], actor="killed", reason="canary won")
+    print("survived", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("point", "moved"),
+    [
+        ("move.alias_written:1", False),  # the champion's row written, nothing committed
+        ("move.outbox_written:1", False),  # the champion's move complete, the pair is not
+        ("move.alias_written:2", False),  # inside the challenger's move
+        ("move.outbox_written:2", False),  # both written, not committed
+        ("move.committed:1", True),  # committed, killed before returning
+    ],
+)
+def test_a_process_killed_inside_set_aliases_leaves_both_moves_or_neither(
+    registry: SqlRegistry, models: list[Path], store_url: str, point: str, moved: bool
+) -> None:
+    """kill -9 (the registry's crash hook) at each point of a canary promotion's pair."""
+    v1, v2, _ = _canary_running(registry, models)
+    outbox = len(registry.outbox())
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_PAIR, store_url, str(registry.root), point, v1, v2],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert child.returncode == -9, child.stderr
+    champion, challenger = registry.alias("champion"), registry.alias("challenger")
+    assert champion is not None and challenger is not None
+    expected = (v2, 0.0, outbox + 2) if moved else (v1, 0.1, outbox)
+    assert (champion.version, challenger.traffic_share, len(registry.outbox())) == expected
+    assert challenger.version == v2
 
 
 _RACER = textwrap.dedent(

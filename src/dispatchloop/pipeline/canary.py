@@ -12,8 +12,9 @@ A look reads the stored outcome events decided since the start, splits them by
 decision record (kind `canary`) on the challenger's version, then the aliases move
 (each move compare-and-swap, with its outbox row in the same transaction):
 
-- promote: `champion` := the challenger (share 1), then the challenger's share := 0
-  (`model.traffic_changed`);
+- promote: `champion` := the challenger (share 1), and the challenger's share := 0
+  (`model.traffic_changed`), both in one transaction (`set_aliases`): a crash
+  leaves both moves or neither, and the two events are queued in that order;
 - rollback: `challenger` := the champion's version at share 0 (`model.rolled_back`:
   a rollback names the version now serving);
 - insufficient evidence (maximum duration): the challenger's share := 0
@@ -45,6 +46,7 @@ from dispatchloop.evaluation.canary import (
 from dispatchloop.events import DecisionRecord, GateResult
 from dispatchloop.registry.base import (
     UNSET,
+    AliasChange,
     HistoryEntry,
     ModelRegistry,
     Unset,
@@ -211,12 +213,14 @@ class RegistryCanary:
     def _act(self, state: CanaryState, record: DecisionRecord) -> CanaryAction:
         reason = f"canary {record.record_id}: " + "; ".join(record.reasons)
         if record.verdict == "promote":
-            self._registry.set_alias(
-                "champion", state.challenger, actor=self._actor, reason=reason[:500],
-                expected_previous=state.champion, decision_record_id=record.record_id,
+            promoted = AliasChange(
+                alias="champion", version=state.challenger, expected_previous=state.champion,
                 traffic_share=1.0, event_type="model.promoted",
             )  # fmt: skip
-            self._end(state, record, reason)
+            self._registry.set_aliases(
+                [promoted, self._ended(state)], actor=self._actor, reason=reason[:500],
+                decision_record_id=record.record_id,
+            )  # fmt: skip
             return "promoted"
         if record.verdict == "reject":
             self._registry.set_alias(
@@ -230,10 +234,15 @@ class RegistryCanary:
 
     def _end(self, state: CanaryState, record: DecisionRecord | None, reason: str) -> None:
         """The challenger keeps its version at share 0: no decision goes to it any more."""
-        self._registry.set_alias(
-            "challenger", state.challenger, actor=self._actor, reason=reason[:500],
-            expected_previous=state.challenger,
+        self._registry.set_aliases(
+            [self._ended(state)], actor=self._actor, reason=reason[:500],
             decision_record_id=None if record is None else record.record_id,
+        )  # fmt: skip
+
+    @staticmethod
+    def _ended(state: CanaryState) -> AliasChange:
+        return AliasChange(
+            alias="challenger", version=state.challenger, expected_previous=state.challenger,
             traffic_share=0.0, event_type="model.traffic_changed",
         )  # fmt: skip
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dispatchloop.registry.base import (
     UNSET,
+    AliasChange,
     AliasConflictError,
     AliasMove,
     AliasState,
@@ -35,6 +36,7 @@ from dispatchloop.rl.card import CardDraft, DataWindow, ModelCard, read_card
 
 __all__ = [
     "UNSET",
+    "AliasChange",
     "AliasConflictError",
     "AliasMove",
     "AliasState",

@@ -223,6 +223,21 @@ class AliasMove(_Record):
     """The promotion event written to the outbox in the same transaction."""
 
 
+class AliasChange(_Record):
+    """One move of an atomic `set_aliases` call (always compare-and-swap)."""
+
+    alias: AliasName
+    """`champion` or `challenger`."""
+    version: str
+    """The version the alias is to serve (`v7`)."""
+    expected_previous: str | None
+    """The version the alias must serve now (None: never set), or nothing moves."""
+    traffic_share: float | None = None
+    """The share to serve at (None: as `set_alias` defaults it)."""
+    event_type: ModelEventType | None = None
+    """The event published for this move (None: as `set_alias` derives it)."""
+
+
 class VerifyReport(_Record):
     """A successful verification (failures raise `VersionIntegrityError`)."""
 
@@ -316,6 +331,21 @@ class ModelRegistry(abc.ABC):
         override: bool = False,
     ) -> AliasMove:
         """Move an alias (compare-and-swap on `expected_previous`), append history and outbox."""
+
+    @abc.abstractmethod
+    def set_aliases(
+        self,
+        changes: Sequence[AliasChange],
+        *,
+        actor: Actor,
+        reason: str,
+        scope: str = ALL_COMPANIES,
+        decision_record_id: str | None = None,
+    ) -> list[AliasMove]:
+        """Several alias moves as one: each compare-and-swap with its history and outbox
+        rows, all in one transaction, so all happen or none does (a canary's promotion
+        moves champion and challenger together). Events are queued in `changes` order;
+        an alias may appear once."""
 
     @abc.abstractmethod
     def promote(

@@ -36,6 +36,7 @@ from dispatchloop.registry import files
 from dispatchloop.registry import schema as t
 from dispatchloop.registry.base import (
     UNSET,
+    AliasChange,
     AliasConflictError,
     AliasMove,
     AliasState,
@@ -408,20 +409,57 @@ class SqlRegistry(ModelRegistry):
             return None
         return self._decision(record_id)
 
+    def set_aliases(
+        self,
+        changes: Sequence[AliasChange],
+        *,
+        actor: str,
+        reason: str,
+        scope: str = ALL_COMPANIES,
+        decision_record_id: str | None = None,
+    ) -> list[AliasMove]:
+        aliases = [change.alias for change in changes]
+        if not aliases or len(set(aliases)) != len(aliases):
+            raise InputError(f"set_aliases moves each alias at most once, got {aliases}")
+        record = self._record_for(decision_record_id, None)
+        moves = [
+            _MoveRequest(
+                scope=scope,
+                alias=change.alias,
+                target=self.get(change.version),
+                actor=actor,
+                reason=reason,
+                expected_previous=change.expected_previous,
+                record=record,
+                traffic_share=change.traffic_share,
+                event_type=change.event_type,
+                override=False,
+                manual=None,
+            )
+            for change in changes
+        ]
+        return self._commit(moves)
+
     def _move(self, move: _MoveRequest) -> AliasMove:
         if move.manual is not None:
             files.write_decision(self.root, move.manual.candidate, move.manual)
+        return self._commit([move])[0]
+
+    def _commit(self, moves: list[_MoveRequest]) -> list[AliasMove]:
+        """The moves in one write transaction: a conflict on any leaves every alias as it was."""
         try:
             with self._write() as conn:
-                entry, event = self._move_in(conn, move)
+                done = [self._move_in(conn, move) for move in moves]
         except sa.exc.IntegrityError as exc:  # PostgreSQL: a concurrent first move won
             self.metrics.errors.labels("conflict").inc()
+            names = " and ".join(move.alias for move in moves)
             raise AliasConflictError(
-                f"{move.alias} of scope {move.scope} was set concurrently; re-read and retry"
+                f"{names} of scope {moves[0].scope} was set concurrently; re-read and retry"
             ) from exc
         self._checkpoint("move.committed")
-        self._count_move(entry)
-        return AliasMove(entry=entry, event=event)
+        for entry, _ in done:
+            self._count_move(entry)
+        return [AliasMove(entry=entry, event=event) for entry, event in done]
 
     def _move_in(
         self, conn: sa.Connection, move: _MoveRequest
