@@ -160,11 +160,17 @@ def test_a_better_challenger_whose_files_changed_is_rolled_back_not_promoted(
         )
         flip_one_byte(registry.get(v2).weights_path)
         loop = LoopSettings(canary_share=0.1, canary_min_decisions=100)
+        shadow = {"shadow.champion.agreement": 0.81, "shadow.challenger.snips": -3.5}
         canary = RegistryCanary(
-            registry, store, RewardSettings(), CanaryConfig.from_settings(loop), clock=_now
-        )
+            registry, store, RewardSettings(), CanaryConfig.from_settings(loop), clock=_now,
+            shadow=lambda: shadow,
+        )  # fmt: skip
         check = canary.check(lambda: True)
         assert check.action == "rolled_back" and check.record is not None
+        assert check.record.metrics.items() >= shadow.items()  # the live shadow figures too
+        assert "canary_reward_delta" in check.record.metrics
+        stored = [r for r in registry.decisions(v2) if r.kind == "canary"]
+        assert [r.metrics for r in stored] == [check.record.metrics]
         assert check.result is not None and check.result.verdict == "promote"
         gates = {gate.name: gate.passed for gate in check.record.gates}
         assert gates["canary.reward"] is True and gates["canary.integrity"] is False

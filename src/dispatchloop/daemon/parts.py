@@ -60,14 +60,20 @@ def registry_parts(
         GateThresholds.from_settings(settings.gate),
         ChildLimits(settings.loop.judge_timeout_s, settings.loop.stop_grace_s),
     )
+    shadow = shadow_scorer(settings, metrics) if settings.shadow.enabled else None
     return LoopParts(
         judge,
         RegistryRegistrar(registry),
         OutboxRelay(publisher),
         checkpoint,
-        shadow=shadow_scorer(settings, metrics) if settings.shadow.enabled else None,
+        shadow=shadow,
         canary=RegistryCanary(
-            registry, store, settings.reward, CanaryConfig.from_settings(settings.loop), clock=_now
+            registry,
+            store,
+            settings.reward,
+            CanaryConfig.from_settings(settings.loop),
+            clock=_now,
+            shadow=dict if shadow is None else shadow.record_metrics,
         ),
     )
 

@@ -9,7 +9,8 @@ same start) without a table of its own.
 A look reads the stored outcome events decided since the start, splits them by
 `action.model_version` (the arm that decided: serving stamps it), and asks
 `evaluation.canary.judge_canary` for a verdict. A decisive verdict is written as a
-decision record (kind `canary`) on the challenger's version, then the aliases move
+decision record (kind `canary`, with the live shadow figures in its metrics) on the
+challenger's version, then the aliases move
 (each move compare-and-swap, with its outbox row in the same transaction):
 
 - promote: `champion` := the challenger (share 1), and the challenger's share := 0
@@ -27,7 +28,7 @@ canaries are left alone). Called from one thread (the leader's worker).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -126,7 +127,11 @@ class RegistryCanary:
         *,
         clock: Callable[[], datetime],
         actor: str = DAEMON_ACTOR,
+        shadow: Callable[[], Mapping[str, float]] = dict,
     ) -> None:
+        """`shadow` gives the live shadow figures copied into each verdict's record
+        (daemon.shadow.ShadowScorer.record_metrics; default none), as a cycle's record has."""
+        self._shadow = shadow
         self._registry = registry
         self._store = store
         self._reward = reward
@@ -196,6 +201,7 @@ class RegistryCanary:
             started_at=state.started_at,
             now=now,
         )
+        record = record.model_copy(update={"metrics": {**self._shadow(), **record.metrics}})
         record = self._verified(state, record)
         self._registry.attach_decision(state.challenger, record)
         return CanaryCheck(state, result, self._act(state, record), record)
