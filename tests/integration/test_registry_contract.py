@@ -303,9 +303,7 @@ _KILLED_MID_PAIR = textwrap.dedent(
 @pytest.mark.parametrize(
     ("point", "moved"),
     [
-        ("move.alias_written:1", False),  # the champion's row written, nothing committed
         ("move.outbox_written:1", False),  # the champion's move complete, the pair is not
-        ("move.alias_written:2", False),  # inside the challenger's move
         ("move.outbox_written:2", False),  # both written, not committed
         ("move.committed:1", True),  # committed, killed before returning
     ],
