@@ -278,7 +278,7 @@ def test_set_aliases_moves_all_or_none(registry: SqlRegistry, models: list[Path]
     assert after == before
     with pytest.raises(InputError, match="at most once"):
         registry.set_aliases(_canary_promotion(v2, v3)[:1] * 2, actor=ACTOR, reason="r")
-    with pytest.raises(InputError, match="at most once"):
+    with pytest.raises(InputError, match="at least one change"):
         registry.set_aliases([], actor=ACTOR, reason="r")
 
 

@@ -419,7 +419,9 @@ class SqlRegistry(ModelRegistry):
         decision_record_id: str | None = None,
     ) -> list[AliasMove]:
         aliases = [change.alias for change in changes]
-        if not aliases or len(set(aliases)) != len(aliases):
+        if not aliases:
+            raise InputError("set_aliases needs at least one change")
+        if len(set(aliases)) != len(aliases):
             raise InputError(f"set_aliases moves each alias at most once, got {aliases}")
         record = self._record_for(decision_record_id, None)
         moves = [
