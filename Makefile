@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 # torch first, pinned: a CPU build on local disk. A bare `torch` would pull a CUDA build.
 TORCH_PIN := torch==2.13.0
+# `make test` on two processes: most integration time is spent waiting on real brokers,
+# databases and child processes, so two workers on two cores keep CI under 30 minutes.
+# Each worker starts its own broker; every test has its own topics and databases.
+TEST_WORKERS ?= 2
 
 .PHONY: setup tools test test-unit test-integration lint bench demo clean schema
 
@@ -21,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist worksteal
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
