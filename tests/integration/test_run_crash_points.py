@@ -7,12 +7,20 @@ The process kills itself through DISPATCHLOOP_TEST_CRASH_AT (registry.base.crash
 `cycle.<stage>` when the runner enters fit, train or judge; a registry point inside
 register (directory renamed, row not committed), promote (alias, history and outbox row
 written, transaction not committed) and publish (sent, not marked published).
-All six: 5 min 14 s on the loaded 2-core host (load ~3.5), 40–67 s a point.
+
+The suite runs two points: `train` (a child killed mid-cycle) and `promote` (a registry
+transaction killed before its commit). All six run with
+DISPATCHLOOP_TEST_ALL_CRASH_POINTS=1, as `benchmarks/crash_points.py` does: 5 min 14 s
+on the loaded 2-core host (load ~3.5), 40–67 s a point; 41–76 s a point on
+2026-12-02 (benchmarks/BENCHMARKS.md, "Crash points"). The other points are also
+covered more cheaply: a kill inside register by the registry's stale-staging sweep
+test, inside publish by test_registry_publication's 20 seeded kills.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -36,13 +44,21 @@ POINTS = {
     "publish": "publish.sent",
 }
 
+IN_THE_SUITE = ("train", "promote")
+
+
+def _points() -> list[str]:
+    if os.environ.get("DISPATCHLOOP_TEST_ALL_CRASH_POINTS") == "1":
+        return list(POINTS)
+    return list(IN_THE_SUITE)
+
 
 def _short(env: dict[str, str]) -> dict[str, str]:
     env["DISPATCHLOOP_GATE__OPE_BOOTSTRAP"] = "300"
     return env
 
 
-@pytest.mark.parametrize("stage", list(POINTS))
+@pytest.mark.parametrize("stage", _points())
 def test_kill_9_in_each_stage_then_restart_leaves_the_registry_consistent(
     stage: str, kafka_bootstrap: str, topic_name: str, sqlite_url: str, tmp_path: Path
 ):
