@@ -15,6 +15,9 @@ Endpoints (DESIGN.md, "Serving contract"):
 Why Starlette and uvicorn (uvloop + httptools): a maintained ASGI stack whose
 per-request overhead is small next to the decision; FastAPI's dependency and
 serialisation layers cost more than the decision itself (benchmarks/serving.py).
+`POST /v1/decide` itself skips even Starlette's router (`create_app`), and uvicorn
+trusts no proxy header (nothing stands between the sidecar and the dispatch system)
+and does not name itself in a Server header.
 Bound to loopback by default: the sidecar serves the dispatch system beside it.
 """
 
@@ -34,6 +37,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dispatchloop.events import DecideRequest
 from dispatchloop.screening import screen_decide_request
@@ -57,24 +61,89 @@ KEEP_ALIVE_S = 75
 quiet dispatch system reconnect, or hit a connection closed under it)."""
 
 
+DECIDE_PATH = "/v1/decide"
+
+
 def create_app(
     dispatcher: Dispatcher, metrics: ServingMetrics, follower: ModelFollower | None = None
-) -> Starlette:
-    """The ASGI application; `follower` None means models are swapped by the embedder."""
+) -> ASGIApp:
+    """The ASGI application; `follower` None means models are swapped by the embedder.
 
-    async def decide(request: Request) -> Response:
+    `POST /v1/decide` goes straight to its endpoint, in front of Starlette's router:
+    it is the service's hot path, and the router, its two middleware layers and
+    Starlette's request and response objects cost ~20 µs a decision, as much as the
+    sampling and the answer's encoding together (benchmarks/serving_inprocess.py).
+    Every other request goes through Starlette, whose table holds the same endpoint
+    (a 405 for another method on the path, 404 elsewhere, as before)."""
+    decide = _DecideEndpoint(dispatcher, metrics)
+    router = _router(decide, dispatcher, metrics, follower)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == DECIDE_PATH and scope["method"] == "POST":
+            await decide(scope, receive, send)
+        else:
+            await router(scope, receive, send)
+
+    return app
+
+
+class _DecideEndpoint:
+    """`POST /v1/decide` as a plain ASGI application: read the body, decide, answer."""
+
+    def __init__(self, dispatcher: Dispatcher, metrics: ServingMetrics) -> None:
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        body = await request.body()
+        body = await read_body(receive, MAX_BODY_BYTES)
+        if body is None:
+            return  # the client went away: nobody to answer
         if len(body) > MAX_BODY_BYTES:
-            metrics.invalid_requests.inc()
-            return _invalid("body", f"the body exceeds {MAX_BODY_BYTES} bytes", [])
+            self._metrics.invalid_requests.inc()
+            refusal = _invalid("body", f"the body exceeds {MAX_BODY_BYTES} bytes", [])
+            await refusal(scope, receive, send)
+            return
         decide_request = validated(body)
         if isinstance(decide_request, ValidationError):
-            metrics.invalid_requests.inc()
-            return _validation_failure(decide_request)
-        decision = dispatcher.decide(decide_request)
-        metrics.decided(decision.model_version, decision.policy, time.perf_counter() - started)
-        return Response(decision_json(decision), media_type="application/json")
+            self._metrics.invalid_requests.inc()
+            await _validation_failure(decide_request)(scope, receive, send)
+            return
+        decision = self._dispatcher.decide(decide_request)
+        self._metrics.decided(
+            decision.model_version, decision.policy, time.perf_counter() - started
+        )
+        answer = decision_json(decision)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None if the client disconnected first.
+
+    Reading stops once more than `limit` bytes have come (the caller refuses the
+    request whatever the rest holds; the server discards it)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk: bytes = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False) or size > limit:
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _router(
+    decide: _DecideEndpoint,
+    dispatcher: Dispatcher,
+    metrics: ServingMetrics,
+    follower: ModelFollower | None,
+) -> Starlette:
+    """Starlette's routing of every path: models, health, readiness, metrics."""
 
     async def models(request: Request) -> Response:
         return JSONResponse(models_report(dispatcher, follower))
@@ -98,7 +167,7 @@ def create_app(
 
     return Starlette(
         routes=[
-            Route("/v1/decide", decide, methods=["POST"]),
+            Route(DECIDE_PATH, decide, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -194,11 +263,13 @@ class SidecarServer:
     """uvicorn serving the app on a bound socket: `run()` in the main thread (signals
     stop it gracefully), or `start()`/`stop()` on a background thread (tests, embedding)."""
 
-    def __init__(self, app: Starlette, sock: socket.socket) -> None:
+    def __init__(self, app: ASGIApp, sock: socket.socket) -> None:
         self.socket = sock
         config = uvicorn.Config(
             app,
             lifespan="off",
+            proxy_headers=False,  # bound to loopback: no proxy in front to trust
+            server_header=False,
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=5,
