@@ -210,8 +210,12 @@ def featurize(situation: Situation, demand: DemandMap) -> Features:
     n = len(s.driver_lat)
     pickup_km, trip_km = _pickup_and_trip_km(s)
     eta_min = s.available_in_min + pickup_km / REFERENCE_SPEED_KMH * 60.0
-    best = eta_min[s.eligible].min() if s.eligible.any() else eta_min.min()
-    rank = np.argsort(np.argsort(eta_min, kind="stable"), kind="stable")
+    # The eligible drivers' least ETA (min is exact, so the same float as indexing first),
+    # else everyone's; methods, not np.argsort: its Python wrapper cost as much as the sort.
+    best = eta_min.min(where=s.eligible, initial=np.inf)
+    if best == np.inf and not s.eligible.any():
+        best = eta_min.min()
+    rank = eta_min.argsort(kind="stable").argsort(kind="stable")
     candidates = np.empty((n, N_CANDIDATE_FEATURES), dtype=np.float32)
     candidates[:, 0] = pickup_km / 10.0
     candidates[:, 1] = s.available_in_min / 60.0
@@ -308,9 +312,14 @@ def _situation(
     hour = (hour - utc_offset.total_seconds() / 3600.0) % 24.0
     # One pass over the candidates, then one contiguous float64 row per column: the same
     # values as one np.array per column (ints and floats alike), in a fifth of the calls.
-    columns = np.array(
-        [(c.lat, c.lon, c.available_in_min, c.queue_len) for c in cands], dtype=np.float64
-    ).T.copy()
+    columns = (
+        np.array(
+            [v for c in cands for v in (c.lat, c.lon, c.available_in_min, c.queue_len)],
+            dtype=np.float64,
+        )
+        .reshape(-1, 4)
+        .T.copy()
+    )
     return Situation(
         hour_of_day=hour,
         priority=booking.priority,

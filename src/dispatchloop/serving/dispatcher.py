@@ -234,8 +234,11 @@ def sample_decision(
         index = greedy[chosen]
     arm = arms[chosen]
     # tolist() converts in C; iterating the arrays builds 2n NumPy scalars (a third of a decision)
+    values, eligible = arm.scores.tolist(), mask.tolist()
     scores = tuple(
-        s if ok else None for s, ok in zip(arm.scores.tolist(), mask.tolist(), strict=True)
+        values
+        if all(eligible)
+        else [s if ok else None for s, ok in zip(values, eligible, strict=True)]
     )
     return Decision(
         driver_id=request.candidates[index].driver_id,
