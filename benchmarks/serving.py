@@ -60,6 +60,8 @@ from dispatchloop.sim.scenario import Scenario
 from dispatchloop.testing.broker import free_port
 
 HERE = Path(__file__).resolve().parent
+SERVER_CPUS, LOAD_CPUS = {0}, {1}
+"""--pin: where the servers run, and where wrk and this script run."""
 N_DRIVERS = 40
 WRK_SCRIPT = """
 local bodies, i = {}, 0
@@ -170,7 +172,12 @@ def bare_limits(model_dir: Path, requests: list[DecideRequest]) -> dict[str, dic
     return out
 
 
-def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], env: dict[str, str], port: int, cpus: set[int] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server and wait for its /healthz; `cpus`: the only CPUs it may run on."""
+    if cpus:  # taskset (util-linux) sets it before the server starts any thread
+        command = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *command]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -236,6 +243,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers on CPU 0, wrk (and this script) on CPU 1: the load generator "
+        "does not share the server's core, as when the sidecar has a core of its own",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -275,7 +288,11 @@ def main() -> None:
         floor: list[dict[str, Any]] = []
         try:
             for server, command in commands.items():
-                servers[server] = start(command, env, ports[server])
+                servers[server] = start(
+                    command, env, ports[server], SERVER_CPUS if args.pin else None
+                )
+            if args.pin:
+                os.sched_setaffinity(0, LOAD_CPUS)  # wrk inherits it
             for server, path in targets.values():  # warm-up
                 wrk(servers[server], ports[server], path, (bodies, script), seconds=2, rate=None)
             for _ in range(args.rounds):
@@ -328,7 +345,9 @@ def report(
     print(f"Run {started:%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, onnxruntime {ort.__version__}; load average "
           f"{load_before:.2f} before, {load_after:.2f} after; {N_DRIVERS} candidates, "
-          f"wrk {args.seconds:g} s per measurement, median of {args.rounds} rounds.\n")  # fmt: skip
+          f"wrk {args.seconds:g} s per measurement, median of {args.rounds} rounds; "
+          + ("servers pinned to CPU 0, wrk to CPU 1" if args.pin else "nothing pinned")
+          + ".\n")  # fmt: skip
     peer_cpu = _median(runs["FastAPI + ONNX Runtime, async def [peer]"]["max"], "cpu_us")
     print(f"| target | decisions/s paced (goal {args.rate:g}) | p50 ms | p99 ms | errors | "
           "max decisions/s | ratio to peer | server CPU µs/decision | peer CPU ÷ this |"
