@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,6 +183,65 @@ def test_a_better_challenger_whose_files_changed_is_rolled_back_not_promoted(
         )  # fmt: skip
         assert move.decision_record_id == check.record.record_id
         assert canary.check(lambda: True).action == "none", "the canary is over"
+    finally:
+        registry.close()
+        store.close()
+
+
+def test_each_look_counts_only_what_was_stored_since_and_agrees_with_a_recount(
+    store_url: str, tmp_path: Path
+):
+    """The canary keeps each arm's totals between looks: a look reads the events stored
+    since the last one, and its figures are those of a recount from the start. Outcomes
+    of decisions taken before the canary, arriving during it, count for neither arm."""
+    registry = open_registry(store_url, tmp_path / "registry")
+    store = open_store(store_url)
+    read: list[int] = []
+    events_after = store.events_after
+
+    def counting_events_after(position: int, limit: int) -> Any:
+        page = events_after(position, limit)
+        read.append(len(page))
+        return page
+
+    store.events_after = counting_events_after  # type: ignore[method-assign]
+    loop = LoopSettings(canary_share=0.1, canary_min_decisions=100_000)  # never decisive
+    try:
+        v1 = registry.register(make_model(tmp_path / "m1", 1), actor=ACTOR).version
+        registry.attach_decision(v1, passing_record(v1))
+        registry.promote(v1, actor=ACTOR, reason="first champion")
+        write_events(store_url, outcome_events(np.random.default_rng(1), v1, 200,
+                     _now() - timedelta(hours=2), late=0.1, cost_scale=1.0))  # fmt: skip
+        v2 = start_canary(registry, tmp_path, 2, v1)
+        started = canary_started(registry)
+        canary = RegistryCanary(
+            registry, store, RewardSettings(), CanaryConfig.from_settings(loop), clock=_now
+        )
+        rng = np.random.default_rng(2)
+        for look, (n_champion, n_challenger) in enumerate(((300, 40), (500, 60), (0, 0))):
+            late_arrivals = outcome_events(
+                rng, v1, 50, started - timedelta(hours=1), late=0.5, cost_scale=3.0
+            )
+            write_events(
+                store_url,
+                outcome_events(rng, v1, n_champion, started, late=0.1, cost_scale=1.0)
+                + outcome_events(rng, v2, n_challenger, started, late=0.0, cost_scale=0.5),
+            )
+            write_events(store_url, late_arrivals)  # stored after the canary's first event
+            read.clear()
+            check = canary.check(lambda: True)
+            assert check.action == "continue" and check.result is not None
+            assert sum(read) == 50 + n_champion + n_challenger, f"look {look} read {read}"
+        recount = RegistryCanary(
+            registry, open_store(store_url), RewardSettings(),
+            CanaryConfig.from_settings(loop), clock=_now,
+        ).check(lambda: True).result  # fmt: skip
+        assert recount is not None and check.result is not None
+        assert (check.result.n_champion, check.result.n_challenger) == (800, 100)
+        assert (recount.n_champion, recount.n_challenger) == (800, 100)
+        for mine, theirs in zip(check.result[1:4], recount[1:4], strict=True):
+            assert mine.estimate == pytest.approx(theirs.estimate, rel=1e-9, abs=1e-12)
+            assert mine.ci.low == pytest.approx(theirs.ci.low, rel=1e-9, abs=1e-12)
     finally:
         registry.close()
         store.close()

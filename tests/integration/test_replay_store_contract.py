@@ -460,3 +460,27 @@ def test_followers_read_in_store_order_from_a_tail_position(store: ReplayStore) 
     assert store.events_after(page[-1].position, 5)[0].event.event_id == arrived[-15]
     assert store.tail_start(1_000) == 0
     assert store.events_after(positions[-1], 10) == []
+
+
+def test_position_before_skips_the_older_rows_and_misses_no_newer_one(
+    store: ReplayStore,
+) -> None:
+    """A canary starting at `cut` reads from `position_before(cut)`: every event decided
+    since, however late it was stored, and none stored before the first of them."""
+    start = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+    cut = start + timedelta(minutes=3 * 20)  # events 20.. of each stream are decided since
+    assert store.position_before(cut) == 0  # empty store
+    before = make_batch(50, 20, start=start)  # all decided before the cut
+    store.write_batch(before)
+    last_before = store.events_after(0, 100)[-1].position
+    assert store.position_before(cut) == last_before  # none decided since: start at the end
+    mixed = make_batch(51, 40, start=start)  # 20 late arrivals from before, then 20 since
+    store.write_batch(mixed)
+    position = store.position_before(cut)
+    read = [stored.event for stored in store.events_after(position, 1_000)]
+    since = {e.event_id for e in read if e.decided_at >= cut}
+    assert since == {item.event.event_id for item in mixed[20:]}
+    assert {e.event_id for e in read}.isdisjoint(item.event.event_id for item in before)
+    assert (
+        store.position_before(cut + timedelta(days=365)) == store.events_after(0, 100)[-1].position
+    )

@@ -237,6 +237,9 @@ class FakeStore(ReplayStore):
     def events_after(self, position: int, limit: int) -> list[StoredEvent]:
         return []
 
+    def position_before(self, decided_since: datetime) -> int:
+        return 0
+
     def episode_ids(self, window: TimeWindow = ALL) -> list[str]:
         return []
 

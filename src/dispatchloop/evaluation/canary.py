@@ -91,6 +91,62 @@ class ArmOutcomes(NamedTuple):
         return len(self.reward)
 
 
+class ArmTotals(NamedTuple):
+    """An arm's outcomes summed: all a look needs, and mergeable, so a daemon adds each
+    look's new events to the last look's totals instead of reading the canary again."""
+
+    n: int
+    """Decisions."""
+    reward_mean: float
+    """Mean reward per decision (0 with none)."""
+    reward_m2: float
+    """Sum of the rewards' squared deviations from their mean."""
+    late: int
+    """Late bookings."""
+    cancelled: int
+    """Cancelled bookings."""
+
+    @classmethod
+    def of(cls, outcomes: ArmOutcomes) -> ArmTotals:
+        """The totals of `outcomes`; the same mean and (n-1) variance as NumPy's, bit for bit
+        (np.mean, then the sum of squared deviations, as np.var computes it)."""
+        if outcomes.n == 0:
+            return NO_OUTCOMES
+        mean = float(np.mean(outcomes.reward))
+        m2 = float(np.sum((outcomes.reward - mean) ** 2))
+        late, cancelled = np.count_nonzero(outcomes.late), np.count_nonzero(outcomes.cancelled)
+        return cls(outcomes.n, mean, m2, int(late), int(cancelled))
+
+    def plus(self, other: ArmTotals) -> ArmTotals:
+        """The totals of both samples (Chan, Golub and LeVeque's pairwise update, which
+        does not lose the variance to cancellation as a running sum of squares would)."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.reward_mean - self.reward_mean
+        return ArmTotals(
+            n,
+            self.reward_mean + delta * other.n / n,
+            self.reward_m2 + other.reward_m2 + delta * delta * self.n * other.n / n,
+            self.late + other.late,
+            self.cancelled + other.cancelled,
+        )
+
+
+NO_OUTCOMES = ArmTotals(0, 0.0, 0.0, 0, 0)
+"""The totals of an arm with no decision yet."""
+
+
+class _Sample(NamedTuple):
+    """One figure of one arm: observations, their mean, the per-observation variance."""
+
+    n: int
+    mean: float
+    variance: float
+
+
 class Difference(NamedTuple):
     """Challenger minus champion for one figure, with its anytime-valid interval."""
 
@@ -142,51 +198,58 @@ def cs_radius(variance_of_mean: float, t: int, alpha: float, planned: int) -> fl
     return math.sqrt(variance_of_mean * 2.0 * (tu + 1.0) / tu * math.log(math.sqrt(tu + 1) / alpha))
 
 
-def difference(
-    champion: FloatArray, challenger: FloatArray, *, rate: bool, alpha: float, planned: int
-) -> Difference:
+def difference(champion: _Sample, challenger: _Sample, *, alpha: float, planned: int) -> Difference:
     """Challenger minus champion mean with its confidence-sequence interval."""
-    n_a, n_b = len(champion), len(challenger)
-    mean_a = float(np.mean(champion)) if n_a else 0.0
-    mean_b = float(np.mean(challenger)) if n_b else 0.0
+    n_a, n_b = champion.n, challenger.n
     if n_a == 0 or n_b == 0:
-        return Difference(0.0, Interval(-math.inf, math.inf), mean_a, mean_b)
-    variance = _variance(champion, rate) / n_a + _variance(challenger, rate) / n_b
+        return Difference(0.0, Interval(-math.inf, math.inf), champion.mean, challenger.mean)
+    variance = champion.variance / n_a + challenger.variance / n_b
     radius = cs_radius(variance, n_a + n_b, alpha, planned)
-    estimate = mean_b - mean_a
-    return Difference(estimate, Interval(estimate - radius, estimate + radius), mean_a, mean_b)
+    estimate = challenger.mean - champion.mean
+    return Difference(
+        estimate, Interval(estimate - radius, estimate + radius), champion.mean, challenger.mean
+    )
 
 
-def _variance(values: FloatArray, rate: bool) -> float:
-    n = len(values)
-    if rate:
-        p = (float(np.sum(values)) + 1.0) / (n + 2.0)
-        return p * (1.0 - p)
-    spread = float(np.var(values, ddof=1)) if n > 1 else 0.0
+def _reward(totals: ArmTotals) -> _Sample:
+    n, mean = totals.n, totals.reward_mean
+    spread = totals.reward_m2 / (n - 1) if n > 1 else 0.0
     # A constant reward would give a zero width; a tiny floor keeps the interval honest.
-    return max(spread, 1e-12 * (1.0 + float(np.mean(values)) ** 2))
+    return _Sample(n, mean, max(spread, 1e-12 * (1.0 + mean**2)))
+
+
+def _rate(n: int, count: int) -> _Sample:
+    """A share of bookings with the Agresti-Coull-style variance (never 0, see above)."""
+    p = (count + 1.0) / (n + 2.0)
+    return _Sample(n, count / n if n else 0.0, p * (1.0 - p))
 
 
 def judge_canary(
-    champion: ArmOutcomes, challenger: ArmOutcomes, thresholds: CanaryThresholds, *, expired: bool
+    champion: ArmOutcomes | ArmTotals,
+    challenger: ArmOutcomes | ArmTotals,
+    thresholds: CanaryThresholds,
+    *,
+    expired: bool,
 ) -> CanaryResult:
     """The verdict at this look; `expired`: the canary reached its maximum duration."""
+    a, b = _totals(champion), _totals(challenger)
     alpha = (1.0 - thresholds.confidence) / len(FIGURES)
     planned = thresholds.planned_decisions
 
-    def diff(a: FloatArray, b: FloatArray, rate: bool) -> Difference:
-        return difference(a, b, rate=rate, alpha=alpha, planned=planned)
+    def diff(champion_figure: _Sample, challenger_figure: _Sample) -> Difference:
+        return difference(champion_figure, challenger_figure, alpha=alpha, planned=planned)
 
-    reward = diff(champion.reward, challenger.reward, False)
-    late = diff(champion.late.astype(np.float64), challenger.late.astype(np.float64), True)
-    cancel = diff(
-        champion.cancelled.astype(np.float64), challenger.cancelled.astype(np.float64), True
-    )
-    verdict, reasons = _verdict(champion.n, challenger.n, reward, late, cancel, thresholds, expired)
+    reward = diff(_reward(a), _reward(b))
+    late = diff(_rate(a.n, a.late), _rate(b.n, b.late))
+    cancel = diff(_rate(a.n, a.cancelled), _rate(b.n, b.cancelled))
+    verdict, reasons = _verdict(a.n, b.n, reward, late, cancel, thresholds, expired)
     return CanaryResult(
-        verdict, reward, late, cancel, champion.n, challenger.n,
-        thresholds.confidence, 1.0 - alpha, reasons,
-    )  # fmt: skip
+        verdict, reward, late, cancel, a.n, b.n, thresholds.confidence, 1.0 - alpha, reasons
+    )
+
+
+def _totals(arm: ArmOutcomes | ArmTotals) -> ArmTotals:
+    return arm if isinstance(arm, ArmTotals) else ArmTotals.of(arm)
 
 
 def _verdict(  # noqa: PLR0917 - the figures of one look

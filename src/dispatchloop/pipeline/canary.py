@@ -6,9 +6,19 @@ when the later of the two aliases last moved to what they serve now. Nothing els
 is stored, so a restart or a new leader carries on with the same canary (and the
 same start) without a table of its own.
 
-A look reads the stored outcome events decided since the start, splits them by
+A look counts the stored outcome events decided since the start, split by
 `action.model_version` (the arm that decided: serving stamps it), and asks
-`evaluation.canary.judge_canary` for a verdict. A decisive verdict is written as a
+`evaluation.canary.judge_canary` for a verdict. The counts are kept between looks
+as each arm's totals (`ArmTotals`) with the store position read up to, so a look
+reads only what was stored since the last (a day's canary at hundreds of events a
+second would otherwise re-read millions of events every five minutes). The first
+look of a canary in this process (a new canary, a restart, a new leader) starts at
+`ReplayStore.position_before(start)`: outcomes arrive after their decision, so
+every event decided since the start is stored after it. Totals are in memory
+only: the registry stays the one state, and a restart counts again from the start.
+As for any store-order follower, with several PostgreSQL writers an event committed
+after a later-numbered one can be missed by the running totals (not by a recount);
+it is as likely on either arm, so the comparison stays fair. A decisive verdict is written as a
 decision record (kind `canary`, with the live shadow figures in its metrics) on the
 challenger's version, then the aliases move
 (each move compare-and-swap, with its outbox row in the same transaction):
@@ -38,7 +48,9 @@ import numpy as np
 from dispatchloop.decisions.reward import event_reward
 from dispatchloop.errors import TransientError
 from dispatchloop.evaluation.canary import (
+    NO_OUTCOMES,
     ArmOutcomes,
+    ArmTotals,
     CanaryResult,
     CanaryThresholds,
     canary_record,
@@ -53,7 +65,7 @@ from dispatchloop.registry.base import (
     Unset,
     VersionIntegrityError,
 )
-from dispatchloop.replay.base import ReplayStore, StoreUnavailableError, TimeWindow
+from dispatchloop.replay.base import ReplayStore, StoredEvent, StoreUnavailableError
 from dispatchloop.settings import LoopSettings, RewardSettings
 
 CanaryAction = Literal["none", "continue", "promoted", "rolled_back", "ended", "fenced"]
@@ -72,6 +84,24 @@ class CanaryState:
     """The challenger's share of decisions."""
     started_at: datetime
     """When the later of the two aliases moved to what it serves now."""
+
+
+READ_PAGE = 5_000
+"""Events read per store query while a look catches up."""
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """One canary's outcomes counted so far, and the store position read up to."""
+
+    state: CanaryState
+    """The canary counted (a new champion, challenger or start is another canary)."""
+    position: int
+    """Every event stored up to here is counted (or is not the canary's)."""
+    champion: ArmTotals
+    """The champion-served decisions' totals."""
+    challenger: ArmTotals
+    """The challenger-served decisions' totals."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +168,7 @@ class RegistryCanary:
         self.config = config
         self._clock = clock
         self._actor = actor
+        self._tally: _Tally | None = None
 
     @property
     def share(self) -> float:
@@ -186,7 +217,7 @@ class RegistryCanary:
             self._end(state, None, "the challenger already is the champion: its share ends")
             return CanaryCheck(state, None, "ended")
         now = self._clock()
-        champion, challenger = self._outcomes(state, now)
+        champion, challenger = self._outcomes(state)
         expired = now - state.started_at >= self.config.duration
         result = judge_canary(champion, challenger, self.config.thresholds, expired=expired)
         if result.verdict == "continue":
@@ -252,23 +283,44 @@ class RegistryCanary:
             traffic_share=0.0, event_type="model.traffic_changed",
         )  # fmt: skip
 
-    def _outcomes(self, state: CanaryState, now: datetime) -> tuple[ArmOutcomes, ArmOutcomes]:
-        """Stored outcomes since the start, split by the version that decided."""
+    def _outcomes(self, state: CanaryState) -> tuple[ArmTotals, ArmTotals]:
+        """Each arm's totals over the events decided since the start, stored so far."""
+        tally = self._tally
+        try:
+            if tally is None or tally.state != state:
+                start = self._store.position_before(state.started_at)
+                tally = _Tally(state, start, NO_OUTCOMES, NO_OUTCOMES)
+                self._tally = tally
+            while page := self._store.events_after(tally.position, READ_PAGE):
+                tally = self._counted(tally, page)
+                self._tally = tally  # each page's totals and position move together
+                if len(page) < READ_PAGE:
+                    break
+        except StoreUnavailableError as exc:
+            raise TransientError(f"cannot read the canary's outcome events: {exc}") from exc
+        return tally.champion, tally.challenger
+
+    def _counted(self, tally: _Tally, page: list[StoredEvent]) -> _Tally:
+        """`tally` with one page of stored events added."""
+        state = tally.state
         arms: dict[str, tuple[list[float], list[bool], list[bool]]] = {
             state.champion: ([], [], []),
             state.challenger: ([], [], []),
         }
-        try:
-            for event in self._store.iter_events(TimeWindow(state.started_at, now)):
-                arm = arms.get(event.action.model_version or "")
-                if arm is None:
-                    continue
-                arm[0].append(event_reward(event, self._reward))
-                arm[1].append(event.outcome.status == "late")
-                arm[2].append(event.outcome.status == "cancelled")
-        except StoreUnavailableError as exc:
-            raise TransientError(f"cannot read the canary's outcome events: {exc}") from exc
-        return _arm(arms[state.champion]), _arm(arms[state.challenger])
+        for stored in page:
+            event = stored.event
+            arm = arms.get(event.action.model_version or "")
+            if arm is None or event.decided_at < state.started_at:
+                continue
+            arm[0].append(event_reward(event, self._reward))
+            arm[1].append(event.outcome.status == "late")
+            arm[2].append(event.outcome.status == "cancelled")
+        return _Tally(
+            state,
+            page[-1].position,
+            tally.champion.plus(ArmTotals.of(_arm(arms[state.champion]))),
+            tally.challenger.plus(ArmTotals.of(_arm(arms[state.challenger]))),
+        )
 
 
 def _refused(record: DecisionRecord, exc: VersionIntegrityError) -> DecisionRecord:

@@ -16,9 +16,10 @@ Contract:
   [start, end) on `decided_at`, and both bounds are optional.
 - Store order: every stored event has a `position`, increasing in the order rows
   were inserted (`tail_start`, `events_after`), for readers that follow what
-  arrives (live shadow scoring). With several writers on PostgreSQL a row may
-  commit after a later-numbered one, so a follower can miss it: fine for a
-  monitor, never used for anything that must see every event.
+  arrives (live shadow scoring, a canary's running totals; `position_before`
+  finds where to start). With several writers on PostgreSQL a row may commit
+  after a later-numbered one, so a follower can miss it: fine for a monitor,
+  never used for anything that must see every event.
 - Methods may be called from one thread at a time per instance.
 """
 
@@ -107,6 +108,13 @@ class ReplayStore(abc.ABC):
     @abc.abstractmethod
     def events_after(self, position: int, limit: int) -> list[StoredEvent]:
         """Up to `limit` events stored after `position`, in store order."""
+
+    @abc.abstractmethod
+    def position_before(self, decided_since: datetime) -> int:
+        """A position every stored event decided at or after `decided_since` lies after:
+        one before the first stored of them, else the last position (0: empty store).
+        `events_after` from it reads all of them and whatever comes later, and skips
+        the older rows stored before them (a canary's outcomes since it started)."""
 
     @abc.abstractmethod
     def episode_ids(self, window: TimeWindow = TimeWindow()) -> list[str]:

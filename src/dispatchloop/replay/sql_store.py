@@ -248,6 +248,18 @@ class SqlReplayStore(ReplayStore):
         )
         return [StoredEvent(int(row.id), _parse(row.raw)) for row in self._read(statement)]
 
+    def position_before(self, decided_since: datetime) -> int:
+        """One statement, so one snapshot: an event stored between a `min` and a `max`
+        read could otherwise fall before the answer. The `min` walks the decided_at
+        index from `decided_since` (the events decided since, read once per canary)."""
+        since = events.c.decided_at_us >= to_epoch_us(decided_since)
+        first = sa.select(sa.func.min(events.c.id)).where(since).scalar_subquery()
+        last = sa.select(sa.func.max(events.c.id)).scalar_subquery()
+        first_id, last_id = tuple(self._read(sa.select(first, last))[0])
+        if first_id is not None:
+            return int(first_id) - 1
+        return int(last_id) if last_id is not None else 0
+
     def episode_ids(self, window: TimeWindow = ALL_TIME) -> list[str]:
         first_seen = sa.func.min(events.c.decided_at_us)
         statement = (

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from dispatchloop.evaluation.canary import (
+    NO_OUTCOMES,
     ArmOutcomes,
+    ArmTotals,
     CanaryThresholds,
     canary_record,
     cs_radius,
@@ -119,3 +121,33 @@ def test_a_better_challenger_is_mostly_promoted_and_a_worse_one_rolled_back() ->
     worse = _rates(Arm(base_mean=-9.0, late=0.12), reps=60, seed=13)
     assert better["promote"] >= 0.8 and better["rollback"] == 0
     assert worse["rollback"] >= 0.8 and worse["promote"] == 0
+
+
+def test_totals_hold_numpys_mean_and_variance_exactly_and_merge_look_by_look() -> None:
+    rng = np.random.default_rng(3)
+    arm = outcomes(rng, Arm(late=0.2), 5_000)
+    whole = ArmTotals.of(arm)
+    assert whole.reward_mean == float(np.mean(arm.reward))
+    assert whole.reward_m2 / (arm.n - 1) == float(np.var(arm.reward, ddof=1))
+    assert (whole.late, whole.cancelled) == (int(arm.late.sum()), int(arm.cancelled.sum()))
+    cuts = sorted(rng.choice(np.arange(1, arm.n), 30, replace=False).tolist())
+    merged = NO_OUTCOMES
+    for lo, hi in zip([0, *cuts], [*cuts, arm.n], strict=True):
+        part = ArmOutcomes(arm.reward[lo:hi], arm.late[lo:hi], arm.cancelled[lo:hi])
+        merged = merged.plus(ArmTotals.of(part))
+    assert (merged.n, merged.late, merged.cancelled) == (whole.n, whole.late, whole.cancelled)
+    assert merged.reward_mean == pytest.approx(whole.reward_mean, rel=1e-12)
+    assert merged.reward_m2 == pytest.approx(whole.reward_m2, rel=1e-12)
+    assert ArmTotals.of(ArmOutcomes(arm.reward[:0], arm.late[:0], arm.cancelled[:0])) == NO_OUTCOMES
+    assert NO_OUTCOMES.plus(whole) == whole.plus(NO_OUTCOMES) == whole
+
+
+def test_a_look_on_totals_is_the_look_on_the_outcomes() -> None:
+    """The daemon judges running totals; the verdict and figures are the arrays' own."""
+    for seed, challenger in enumerate((Arm(), Arm(base_mean=-9.0), Arm(late=0.2))):
+        champion_arm, challenger_arm = _arms(seed, Arm(), challenger, 3_000, 400)
+        on_arrays = judge_canary(champion_arm, challenger_arm, THRESHOLDS, expired=False)
+        on_totals = judge_canary(
+            ArmTotals.of(champion_arm), ArmTotals.of(challenger_arm), THRESHOLDS, expired=False
+        )
+        assert on_totals == on_arrays
