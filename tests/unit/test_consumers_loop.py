@@ -237,6 +237,9 @@ class FakeStore(ReplayStore):
     def events_after(self, position: int, limit: int) -> list[StoredEvent]:
         return []
 
+    def iter_events_after(self, position: int, batch_size: int = 1_000) -> Any:
+        return iter(())
+
     def position_before(self, decided_since: datetime) -> int:
         return 0
 

@@ -87,7 +87,7 @@ class CanaryState:
 
 
 READ_PAGE = 5_000
-"""Events read per store query while a look catches up."""
+"""Events read per store query while a look catches up, and folded into the totals at once."""
 
 
 @dataclass(frozen=True)
@@ -285,41 +285,54 @@ class RegistryCanary:
 
     def _outcomes(self, state: CanaryState) -> tuple[ArmTotals, ArmTotals]:
         """Each arm's totals over the events decided since the start, stored so far."""
-        tally = self._tally
         try:
-            if tally is None or tally.state != state:
+            if self._tally is None or self._tally.state != state:
                 start = self._store.position_before(state.started_at)
-                tally = _Tally(state, start, NO_OUTCOMES, NO_OUTCOMES)
-                self._tally = tally
-            while page := self._store.events_after(tally.position, READ_PAGE):
-                tally = self._counted(tally, page)
-                self._tally = tally  # each page's totals and position move together
-                if len(page) < READ_PAGE:
-                    break
+                self._tally = _Tally(state, start, NO_OUTCOMES, NO_OUTCOMES)
+            folding = _Fold(state, self._tally.position)
+            for stored in self._store.iter_events_after(self._tally.position, READ_PAGE):
+                folding.add(stored, self._reward)
+                if folding.size >= READ_PAGE:
+                    self._tally = folding.into(self._tally)  # totals and position together
+                    folding = _Fold(state, self._tally.position)
+            self._tally = folding.into(self._tally)
         except StoreUnavailableError as exc:
             raise TransientError(f"cannot read the canary's outcome events: {exc}") from exc
-        return tally.champion, tally.challenger
+        return self._tally.champion, self._tally.challenger
 
-    def _counted(self, tally: _Tally, page: list[StoredEvent]) -> _Tally:
-        """`tally` with one page of stored events added."""
-        state = tally.state
-        arms: dict[str, tuple[list[float], list[bool], list[bool]]] = {
+
+class _Fold:
+    """Outcomes read since the tally's position, per arm, until added to the tally.
+
+    Events are dropped as they are read (only the three figures are kept)."""
+
+    def __init__(self, state: CanaryState, position: int) -> None:
+        self._state = state
+        self.position = position
+        self.size = 0
+        self._arms: dict[str, tuple[list[float], list[bool], list[bool]]] = {
             state.champion: ([], [], []),
             state.challenger: ([], [], []),
         }
-        for stored in page:
-            event = stored.event
-            arm = arms.get(event.action.model_version or "")
-            if arm is None or event.decided_at < state.started_at:
-                continue
-            arm[0].append(event_reward(event, self._reward))
-            arm[1].append(event.outcome.status == "late")
-            arm[2].append(event.outcome.status == "cancelled")
+
+    def add(self, stored: StoredEvent, reward: RewardSettings) -> None:
+        self.position, self.size = stored.position, self.size + 1
+        event = stored.event
+        arm = self._arms.get(event.action.model_version or "")
+        if arm is None or event.decided_at < self._state.started_at:
+            return  # another version's, or an outcome of a decision from before the canary
+        arm[0].append(event_reward(event, reward))
+        arm[1].append(event.outcome.status == "late")
+        arm[2].append(event.outcome.status == "cancelled")
+
+    def into(self, tally: _Tally) -> _Tally:
+        """`tally` with these outcomes added and its position moved past them."""
+        state = self._state
         return _Tally(
             state,
-            page[-1].position,
-            tally.champion.plus(ArmTotals.of(_arm(arms[state.champion]))),
-            tally.challenger.plus(ArmTotals.of(_arm(arms[state.challenger]))),
+            self.position,
+            tally.champion.plus(ArmTotals.of(_arm(self._arms[state.champion]))),
+            tally.challenger.plus(ArmTotals.of(_arm(self._arms[state.challenger]))),
         )
 
 

@@ -110,6 +110,14 @@ class ReplayStore(abc.ABC):
         """Up to `limit` events stored after `position`, in store order."""
 
     @abc.abstractmethod
+    def iter_events_after(self, position: int, batch_size: int = 1_000) -> Iterator[StoredEvent]:
+        """Every event stored after `position`, in store order, read a page at a time.
+
+        For readers that fold events into totals and drop them: a list of thousands of
+        parsed events kept alive at once costs the garbage collector several times the
+        parsing (benchmarks/canary_looks.py)."""
+
+    @abc.abstractmethod
     def position_before(self, decided_since: datetime) -> int:
         """A position every stored event decided at or after `decided_since` lies after:
         one before the first stored of them, else the last position (0: empty store).

@@ -248,6 +248,22 @@ class SqlReplayStore(ReplayStore):
         )
         return [StoredEvent(int(row.id), _parse(row.raw)) for row in self._read(statement)]
 
+    def iter_events_after(self, position: int, batch_size: int = 1_000) -> Iterator[StoredEvent]:
+        """Keyset pages on the primary key: one short query per page, no snapshot held."""
+        while True:
+            statement = (
+                sa.select(events.c.id, events.c.raw)
+                .where(events.c.id > position)
+                .order_by(events.c.id)
+                .limit(batch_size)
+            )
+            rows = self._read(statement)
+            for row in rows:
+                yield StoredEvent(int(row.id), _parse(row.raw))
+            if len(rows) < batch_size:
+                return
+            position = int(rows[-1].id)
+
     def position_before(self, decided_since: datetime) -> int:
         """One statement, so one snapshot: an event stored between a `min` and a `max`
         read could otherwise fall before the answer. The `min` walks the decided_at
