@@ -18,9 +18,10 @@ every event decided since the start is stored after it. Totals are in memory
 only: the registry stays the one state, and a restart counts again from the start.
 As for any store-order follower, with several PostgreSQL writers an event committed
 after a later-numbered one can be missed by the running totals (not by a recount);
-it is as likely on either arm, so the comparison stays fair. A decisive verdict is written as a
-decision record (kind `canary`, with the live shadow figures in its metrics) on the
-challenger's version, then the aliases move
+it is as likely on either arm, so the comparison stays fair.
+
+A decisive verdict is written as a decision record (kind `canary`, with the live
+shadow figures in its metrics) on the challenger's version, then the aliases move
 (each move compare-and-swap, with its outbox row in the same transaction):
 
 - promote: `champion` := the challenger (share 1), and the challenger's share := 0

@@ -16,6 +16,7 @@ IGNORE would also silently skip a row that breaks NOT NULL, losing an event.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
@@ -240,16 +241,15 @@ class SqlReplayStore(ReplayStore):
         return int(rows[0][0]) if rows else 0
 
     def events_after(self, position: int, limit: int) -> list[StoredEvent]:
-        statement = (
-            sa.select(events.c.id, events.c.raw)
-            .where(events.c.id > position)
-            .order_by(events.c.id)
-            .limit(limit)
-        )
-        return [StoredEvent(int(row.id), _parse(row.raw)) for row in self._read(statement)]
+        """One query: the first page of `iter_events_after`."""
+        if limit <= 0:
+            return []
+        return list(itertools.islice(self.iter_events_after(position, limit), limit))
 
     def iter_events_after(self, position: int, batch_size: int = 1_000) -> Iterator[StoredEvent]:
         """Keyset pages on the primary key: one short query per page, no snapshot held."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         while True:
             statement = (
                 sa.select(events.c.id, events.c.raw)
