@@ -30,6 +30,7 @@ of its own (one thread per store instance, as the store contract asks).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -323,29 +324,38 @@ class ShadowScorer:
         limit = self._settings.batch
         if self._cursor is None:
             self._cursor = self._store.tail_start(self._settings.window)
-        batch = self._store.events_after(self._cursor, limit)
+        last, batch = self._read(self._cursor, limit)
         if len(batch) == limit:
             start = self._store.tail_start(self._settings.window)
-            if start > batch[-1].position:  # over a window behind: those would only pass through
+            if start > last:  # over a window behind: those would only pass through
                 self._metrics.skips.inc()
                 log.warning("shadow scoring fell a window behind: skipping to the last window")
-                batch = self._store.events_after(start, limit)
+                last, batch = self._read(start, limit)
         if not batch:
             return 0
-        self._cursor = batch[-1].position
-        self._score([stored.event for stored in batch])
+        self._cursor = last
+        self._score(batch)
         return len(batch)
 
-    def _score(self, events: Sequence[DispatchOutcomeEvent]) -> None:
-        situations = [situation_from_event(event) for event in events]
-        logged = np.array([event.action_index for event in events], dtype=np.int64)
+    def _read(self, position: int, limit: int) -> tuple[int, list[LoggedDecision]]:
+        """Up to `limit` events stored after `position`, as what scoring needs of each,
+        and the last position read. Streamed, each event dropped once read: a list of
+        thousands of parsed events alive at once cost the garbage collector more than
+        the parsing (benchmarks/shadow.py)."""
+        batch: list[LoggedDecision] = []
+        for stored in itertools.islice(self._store.iter_events_after(position, limit), limit):
+            position = stored.position
+            batch.append(LoggedDecision.of(stored.event, self._reward))
+        return position, batch
+
+    def _score(self, batch: Sequence[LoggedDecision]) -> None:
+        situations = [item.situation for item in batch]
+        logged = np.array([item.action_index for item in batch], dtype=np.int64)
         masks = [
             _mask(situation, index) for situation, index in zip(situations, logged, strict=True)
         ]
-        propensities = np.array(
-            [np.nan if e.action.propensity is None else e.action.propensity for e in events]
-        )
-        rewards = np.array([event_reward(event, self._reward) for event in events])
+        propensities = np.array([item.propensity for item in batch])
+        rewards = np.array([item.reward for item in batch])
         for alias, model in self._models.items():
             try:
                 choices = greedy_choices(model.served, situations, masks)
@@ -354,7 +364,27 @@ class ShadowScorer:
                 log.error("shadow scoring of %s (%s) failed: %s", model.served.version, alias, exc)
                 continue
             model.window.add(choices == logged, propensities, rewards)
-            self._metrics.scored.labels(model.served.version, alias).inc(len(events))
+            self._metrics.scored.labels(model.served.version, alias).inc(len(batch))
+
+
+class LoggedDecision(NamedTuple):
+    """What shadow scoring needs of one logged decision."""
+
+    situation: Situation
+    """The situation it was taken in (`situation_from_event`)."""
+    action_index: int
+    """The candidate the dispatch system chose."""
+    propensity: float
+    """Its logged probability; NaN when none was logged."""
+    reward: float
+    """The realised reward (the one reward function)."""
+
+    @classmethod
+    def of(cls, event: DispatchOutcomeEvent, reward: RewardSettings) -> LoggedDecision:
+        propensity = math.nan if event.action.propensity is None else event.action.propensity
+        return cls(
+            situation_from_event(event), event.action_index, propensity, event_reward(event, reward)
+        )
 
 
 def _mask(situation: Situation, logged: int) -> NDArray[np.bool_]:
