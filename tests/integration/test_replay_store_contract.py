@@ -458,6 +458,9 @@ def test_followers_read_in_store_order_from_a_tail_position(store: ReplayStore) 
     streamed = list(store.iter_events_after(start, batch_size=7))  # four pages, the last short
     assert streamed == tail
     assert list(store.iter_events_after(positions[-1])) == []
+    assert store.events_after(start, 0) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        next(store.iter_events_after(start, batch_size=0))
     page = store.events_after(start, 10)
     assert [s.event.event_id for s in page] == arrived[-25:-15]
     assert store.events_after(page[-1].position, 5)[0].event.event_id == arrived[-15]

@@ -111,7 +111,8 @@ class ReplayStore(abc.ABC):
 
     @abc.abstractmethod
     def iter_events_after(self, position: int, batch_size: int = 1_000) -> Iterator[StoredEvent]:
-        """Every event stored after `position`, in store order, read a page at a time.
+        """Every event stored after `position`, in store order, read `batch_size` (> 0,
+        else ValueError) at a time.
 
         For readers that fold events into totals and drop them: a list of thousands of
         parsed events kept alive at once costs the garbage collector several times the
